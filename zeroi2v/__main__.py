@@ -1,0 +1,3 @@
+from zeroi2v.cli import main
+
+raise SystemExit(main())
