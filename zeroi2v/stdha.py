@@ -1,0 +1,178 @@
+"""Spatial-temporal dual-headed attention (STDHA), paper Sec. 3.2, Eq. (7)-(9).
+
+Head i of frame t attends with its own query Q_i^t to the keys and values of frame t + Δt_i.
+Heads with Δt = 0 are ordinary spatial heads. The time shift is a gather on K and V, so STDHA adds
+no parameter and no FLOP to the image transformer it lives in.
+
+Δt is written as the paper's multiset: ``"1x2,-1x2,0x8"`` (or ``"{1·2, -1·2, 0·8}"``) means two
+heads look one frame ahead, two look one frame back, eight stay spatial. Temporal heads are the
+first heads (contiguous channel blocks), as in the authors' code.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OffsetSpec = Union[str, Sequence[int], Sequence[Sequence[int]], None]
+
+BOUNDARIES = ("self", "zero")
+"""What a temporal head reads when t + Δt falls outside the clip.
+``self``: frame t's own K/V (the authors' code; default). ``zero``: zero K/V (zero padding)."""
+
+# Paper Table 11. SSv2 rows are transcribed from Table 11b. Our copy of the paper lost the Δt column of
+# Table 11a (K400) and kept only its temporal receptive field (3/4/6 for 8/16/32 frames, both backbones);
+# the K400 rows below are the multisets of Table 1c / 11b with exactly that receptive field.
+PRESETS: dict[str, str] = {
+    "k400_vit_b_8": "1x1,-1x1,0x10",
+    "k400_vit_b_16": "1x1,-1x1,2x1,0x9",
+    "k400_vit_b_32": "1x1,-1x1,2x1,-2x1,3x1,0x7",
+    "k400_vit_l_8": "1x2,-1x2,0x12",
+    "k400_vit_l_16": "1x2,-1x2,2x2,0x10",
+    "k400_vit_l_32": "1x2,-1x2,2x1,-2x1,3x1,0x9",
+    "ssv2_vit_b_8": "1x1,-1x1,0x10",
+    "ssv2_vit_b_16": "1x1,-1x1,2x1,-2x1,0x8",
+    "ssv2_vit_b_32": "1x1,-1x1,2x1,-2x1,3x1,0x7",
+    "ssv2_vit_l_8": "1x2,-1x2,0x12",
+    "ssv2_vit_l_16": "1x2,-1x2,2x2,-2x2,0x8",
+    "ssv2_vit_l_32": "1x2,-1x2,2x1,-2x1,3x1,0x9",
+}
+PRESET_SOURCE = {name: ("Table 11a (reconstructed from its temporal RF)" if name.startswith("k400")
+                        else "Table 11b") for name in PRESETS}
+
+_TERM = re.compile(r"^\s*([+-]?\d+)\s*(?:[x×·*]\s*(\d+))?\s*$")
+
+
+def parse_offsets(spec: OffsetSpec, num_heads: int, num_frames: int | None = None) -> tuple[int, ...]:
+    """Turn a Δt multiset into one offset per head, temporal heads first.
+
+    ``spec`` is a preset name, a multiset string (``"1x2,-1x2,0x8"``), a list of per-head offsets
+    (``[1, 1, -1, -1, 0, ...]``), a list of ``(offset, count)`` pairs, or None (all spatial).
+    Without a ``0`` term the remaining heads are spatial; with one, the counts must add up to
+    ``num_heads``. ``num_frames`` (when given) rejects offsets that reach outside every clip.
+    """
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be positive, got {num_heads}")
+    terms = _terms(spec)
+    temporal = [off for off, n in terms if off != 0 for _ in range(n)]
+    zeros = sum(n for off, n in terms if off == 0)
+    has_zero_term = any(off == 0 for off, _ in terms)
+    if len(temporal) > num_heads:
+        raise ValueError(f"Δt multiset {spec!r} has {len(temporal)} temporal heads but the attention "
+                         f"has only {num_heads} heads")
+    if has_zero_term and len(temporal) + zeros != num_heads:
+        raise ValueError(f"Δt multiset {spec!r} names {len(temporal) + zeros} heads; the attention has "
+                         f"{num_heads} (drop the 0 term to make the rest spatial)")
+    if num_frames is not None:
+        too_far = [off for off in temporal if abs(off) >= num_frames]
+        if too_far:
+            raise ValueError(f"Δt {too_far[0]} reaches outside a {num_frames}-frame clip "
+                             f"(|Δt| must be < num_frames)")
+    return tuple(temporal) + (0,) * (num_heads - len(temporal))
+
+
+def _terms(spec: OffsetSpec) -> list[tuple[int, int]]:
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        text = PRESETS.get(spec, spec).strip().strip("{}")
+        if not text:
+            return []
+        out = []
+        for part in text.split(","):
+            m = _TERM.match(part)
+            if not m:
+                raise ValueError(f"malformed Δt term {part!r} in {spec!r}; write terms like '1x2' "
+                                 f"(offset x heads), e.g. '1x2,-1x2,0x8', or use a preset: "
+                                 f"{', '.join(PRESETS)}")
+            out.append((int(m.group(1)), int(m.group(2) or 1)))
+    else:
+        items = list(spec)
+        if all(isinstance(i, (int,)) and not isinstance(i, bool) for i in items):
+            out = [(int(i), 1) for i in items]
+        elif all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
+            out = [(int(o), int(n)) for o, n in items]
+        else:
+            raise ValueError(f"malformed Δt spec {spec!r}: give a string like '1x2,-1x2,0x8', a list of "
+                             f"per-head offsets, or a list of (offset, count) pairs")
+    for off, n in out:
+        if n < 1:
+            raise ValueError(f"head count must be >= 1 in Δt term {off}x{n}")
+    return out
+
+
+def format_offsets(offsets: Sequence[int]) -> str:
+    """Per-head offsets back to the multiset string, in order of first appearance ('1x2,-1x2,0x8')."""
+    counts: dict[int, int] = {}
+    for off in offsets:
+        counts[off] = counts.get(off, 0) + 1
+    return ",".join(f"{off}x{n}" for off, n in counts.items())
+
+
+def source_frames(offsets: Sequence[int], num_frames: int, boundary: str = "self",
+                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which frame each (frame t, head h) reads: ``src[t, h]`` and whether it is inside the clip."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    t = torch.arange(num_frames, device=device)[:, None]
+    target = t + torch.as_tensor(offsets, device=device)[None, :]
+    valid = (target >= 0) & (target < num_frames)
+    return torch.where(valid, target, t.expand_as(target)), valid
+
+
+def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, boundary: str = "self") -> torch.Tensor:
+    """Shift per-head K or V in time: ``out[b, t, h] = x[b, t + Δt_h, h]``.
+
+    ``x`` is (B*T, heads, tokens, head_dim) with frames folded into the batch, frame-major within
+    each video. One gather for all heads and frames; no copy at all when every Δt is 0.
+    """
+    if not any(offsets):
+        return x
+    bt, h, n, d = x.shape
+    if bt % num_frames:
+        raise ValueError(f"batch of {bt} frames is not a multiple of num_frames={num_frames}")
+    if h != len(offsets):
+        raise ValueError(f"tensor has {h} heads but {len(offsets)} offsets were given")
+    src, valid = source_frames(offsets, num_frames, boundary, x.device)
+    heads = torch.arange(h, device=x.device)[None, :]
+    out = x.view(bt // num_frames, num_frames, h, n, d)[:, src, heads]  # (B, T, H, N, D)
+    if boundary == "zero":
+        out = out * valid[None, :, :, None, None].to(out.dtype)
+    return out.reshape(bt, h, n, d)
+
+
+class STDHA(nn.Module):
+    """The temporal operator of one attention layer: shifts K and V of the temporal heads.
+
+    Pluggable: the attention calls ``q, k, v = temporal(q, k, v)`` on per-head tensors
+    (B*T, heads, tokens, head_dim); other zero-cost operators (channel shift, Q shift) fit the same slot.
+    """
+
+    def __init__(self, offsets: Sequence[int], num_frames: int, boundary: str = "self"):
+        super().__init__()
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        self.offsets = tuple(int(o) for o in offsets)
+        self.num_frames = int(num_frames)
+        self.boundary = boundary
+
+    @property
+    def temporal_heads(self) -> list[int]:
+        return [i for i, off in enumerate(self.offsets) if off != 0]
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        shift = lambda x: shift_heads(x, self.offsets, self.num_frames, self.boundary)  # noqa: E731
+        return q, shift(k), shift(v)
+
+    def extra_repr(self) -> str:
+        return f"Δt={{{format_offsets(self.offsets)}}}, num_frames={self.num_frames}, boundary={self.boundary}"
+
+
+def stdha_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: Sequence[int],
+                    num_frames: int, boundary: str = "self") -> torch.Tensor:
+    """Eq. (7)-(8) for all heads at once; the attention itself is SDPA so fused kernels serve on GPU."""
+    q, k, v = STDHA(offsets, num_frames, boundary)(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
