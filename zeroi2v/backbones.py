@@ -28,6 +28,8 @@ LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
+open_clip.add_model_config(CONFIG_DIR)  # our small configs become ordinary open_clip model names
+
 
 def list_backbones() -> list[str]:
     ours = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))

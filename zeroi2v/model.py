@@ -39,7 +39,7 @@ class ModelConfig:
     """open_clip tag ('openai', 'laion2b_s34b_b88k'...), a weights file, or None (random init)."""
     num_classes: int = 400
     num_frames: int = 8
-    offsets: Any = "1x1,-1x1,0x10"
+    offsets: Any = "1x1,-1x1"
     """Δt multiset for every layer (string, preset name or list), or a list with one spec per layer."""
     boundary: str = "self"
     """STDHA at the clip ends: 'self' (keep own K/V, the authors' choice) or 'zero' (zero padding)."""
