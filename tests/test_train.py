@@ -1,0 +1,256 @@
+"""Training engine on a micro model, CPU, in-memory data: recipe, exact resume, NaN stop, DDP, data package."""
+import copy
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from zeroi2v.config import load_config, save_config
+from zeroi2v.model import create_model
+from zeroi2v.train import NonFiniteLossError, load_checkpoint, lr_factor, main, measure_step, param_groups, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on shared CPUs run several times faster on one intra-op thread than on two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class NoisyClips(Dataset):
+    """Fixed random clips plus augmentation noise from torch's global RNG (so RNG restore matters on
+    resume); every 5th item reports one decode failure; ``poison`` turns the clips into NaN."""
+
+    def __init__(self, n, classes=3, frames=4, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, frames, 32, 32, generator=g)
+        self.y = torch.randint(0, classes, (n,), generator=g)
+        self.classes = [f"class{i}" for i in range(classes)]
+        self.poison = False
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        video = self.x[i] + 0.05 * torch.randn_like(self.x[i])
+        if self.poison:
+            video = video * float("nan")
+        return {"video": video, "label": int(self.y[i]), "index": i, "decode_failures": int(i % 5 == 0)}
+
+
+def micro_cfg(out_dir, *extra):
+    # 28 clips, batch 4 -> 7 micro-batches; accumulation 2 -> 4 steps/epoch, the last one with 1 micro-batch
+    return load_config(None, [
+        "model.backbone=zeroi2v-micro", "model.num_frames=4", "model.num_classes=3", "model.offsets=1x1,-1x1",
+        "model.adapter_dropout=0.1", "model.head_dropout=0.5", "train.batch_size=4", "train.total_batch=8",
+        "optim.epochs=2", "optim.warmup_epochs=0.5", "data.workers=0", "train.device=cpu", "train.progress=false",
+        "train.log_every=1", "test.batch_size=4", f"train.out_dir={out_dir}", *extra])
+
+
+def read_log(folder):
+    with open(Path(folder) / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_param_groups_follow_the_recipe():
+    model = create_model(backbone="zeroi2v-micro", num_frames=4, num_classes=3, offsets="1x1,-1x1")
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    members = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set().union(*members.values()) == trainable and sum(map(len, members.values())) == len(trainable)
+    assert "temporal_embedding" in members["head_no_decay"]                      # 2-D but an embedding
+    assert {"head.weight"} == members["head_decay"] and "head.bias" in members["head_no_decay"]
+    assert all(".adapters." in n and n.endswith("weight") for n in members["backbone_decay"])
+    assert "visual.ln_post.weight" in members["backbone_no_decay"]
+    assert groups["backbone_decay"]["lr"] == pytest.approx(1e-4) and groups["head_decay"]["lr"] == pytest.approx(1e-3)
+    assert groups["backbone_no_decay"]["weight_decay"] == 0 and groups["head_decay"]["weight_decay"] == 0.05
+    assert not any(n.startswith("visual.conv1") or ".attn.in_proj" in n for n in trainable)  # frozen ViT
+    model.set_finetune("full")
+    full = {n for g in param_groups(model, 1e-3, 0.05) for n in (names[id(p)] for p in g["params"])}
+    assert {"visual.positional_embedding", "visual.class_embedding", "visual.conv1.weight"} <= full
+    no_decay = {names[id(p)] for g in param_groups(model, 1e-3, 0.05) if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"visual.positional_embedding", "visual.class_embedding"} <= no_decay
+    assert "visual.conv1.weight" not in no_decay
+
+
+def test_lr_factor_warmup_then_cosine():
+    f = [lr_factor(s, 10, 110, 0.1) for s in range(111)]
+    assert f[0] == pytest.approx(0.1) and f[5] == pytest.approx(0.55) and f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.5) and f[110] == pytest.approx(0.0)
+    assert all(a < b for a, b in zip(f[:10], f[1:11])) and all(a > b for a, b in zip(f[10:110], f[11:111]))
+    assert lr_factor(0, 0, 10, 0.1) == pytest.approx(1.0)  # no warm-up
+
+
+def test_training_run_schedule_groups_failures_and_run_folder(tmp_path):
+    seen = []
+    cfg = micro_cfg(tmp_path / "run", "optim.backbone_lr_mult=0.1", "optim.epochs=3")
+    torch.manual_seed(0)
+    model = create_model(cfg.model)
+    before = copy.deepcopy(model.state_dict())
+    result = train(cfg, model=model, train_set=NoisyClips(28), val_set=NoisyClips(9, seed=1),
+                   callbacks=[lambda event, info: seen.append((event, info))])
+    steps = [info for event, info in seen if event == "step"]
+    assert result["steps_per_epoch"] == 4 and result["accumulation"] == 2 and len(steps) == 12
+    for info in steps:  # the optimiser's own learning rates, per group, at every step
+        factor = lr_factor(info["global_step"] - 1, round(0.5 * 4), 12, 0.1)
+        assert info["group_lrs"]["head_decay"] == pytest.approx(3e-4 * factor)
+        assert info["group_lrs"]["backbone_decay"] == pytest.approx(3e-5 * factor)
+    assert steps[0]["group_lrs"]["head_decay"] == pytest.approx(3e-5)
+    # frozen backbone untouched; adapters (zero-initialised W_up), temporal embedding and head trained
+    after = result["model"].state_dict()
+    assert torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+    assert torch.equal(before["visual.transformer.resblocks.0.attn.in_proj_weight"],
+                       after["visual.transformer.resblocks.0.attn.in_proj_weight"])
+    up = [k for k in after if ".adapters." in k and "up.weight" in k]
+    assert up and all(after[k].abs().sum() > 0 and before[k].abs().sum() == 0 for k in up)
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert after["temporal_embedding"].abs().sum() > 0
+    # decode failures: items 0, 5, 10, 15, 20, 25 each report one, every epoch
+    assert [h["decode_failures"] for h in result["history"]] == [6, 6, 6] and result["decode_failures"] == 18
+    rows = read_log(tmp_path / "run")
+    epoch_rows = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["decode_failures"] for r in epoch_rows] == ["6", "6", "6"]
+    assert all(r["val_top1"] != "" and 0 <= float(r["val_top1"]) <= 100 for r in epoch_rows)
+    assert [int(r["step"]) for r in rows if r["kind"] == "train"] == list(range(1, 13))
+    # run folder: exact config, checkpoint loadable with weights_only, validation results
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 12 and ckpt["epoch"] == 3 and ckpt["step_in_epoch"] == 0
+    assert torch.equal(ckpt["model"]["head.weight"], after["head.weight"])
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
+    assert result["val"]["num_samples"] == 9 and list(result["val"]["per_class_accuracy"]) == NoisyClips(1).classes
+    assert (tmp_path / "run" / "results" / "val.json").is_file()
+    assert (tmp_path / "run" / "results" / "val_confusion.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("interruption", ["crash", "max_steps"])
+def test_resume_continues_exactly(tmp_path, interruption):
+    data = dict(train_set=NoisyClips(28), val_set=NoisyClips(6, seed=1))
+    reference = train(micro_cfg(tmp_path / "a"), **data)
+
+    class Kill(RuntimeError):
+        pass
+
+    def kill_after_7(event, info):
+        if event == "step" and info["global_step"] == 7:
+            raise Kill("simulated kill")
+
+    if interruption == "crash":  # checkpoints at steps 3 and 6 (mid-epoch); killed after step 7
+        cfg = micro_cfg(tmp_path / "b", "train.save_every_steps=3")
+        with pytest.raises(Kill):
+            train(cfg, callbacks=[kill_after_7], **data)
+        assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["global_step"] == 6
+    else:  # a time-boxed run stopping mid-epoch 1, then resumed
+        stopped = train(micro_cfg(tmp_path / "b", "train.max_steps=3"), **data)
+        assert stopped["stopped_at_max_steps"] and not stopped["finished"] and stopped["global_step"] == 3
+        cfg = micro_cfg(tmp_path / "b")
+    resumed = train(cfg, resume=True, **data)
+    assert resumed["finished"] and resumed["global_step"] == reference["global_step"] == 8
+    a, b = reference["model"].state_dict(), resumed["model"].state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["history"][-1]["val_top1"] == reference["history"][-1]["val_top1"]
+    steps = [int(r["step"]) for r in read_log(tmp_path / "b") if r["kind"] == "train"]
+    assert steps == list(range(1, 9))  # rows after the checkpoint were dropped, none duplicated
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = NoisyClips(28)
+
+    def poison_after_2(event, info):
+        if event == "step" and info["global_step"] == 2:
+            data.poison = True
+
+    cfg = micro_cfg(tmp_path / "nan", "train.save_every_steps=1")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3/4") as e:
+        train(cfg, train_set=data, callbacks=[poison_after_2])
+    assert "checkpoint.pt" in str(e.value)
+    ckpt = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_too_little_data_for_one_batch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="do not fill one batch"):
+        train(micro_cfg(tmp_path / "small"), train_set=NoisyClips(3))
+
+
+def test_measure_step_zeroi2v_vs_full(tmp_path):
+    cfg = micro_cfg(tmp_path)
+    zero = measure_step(cfg, batch_size=2, steps=2)
+    full = measure_step(create_model(cfg.model, adapter=None), batch_size=2, steps=2, finetune="full")
+    for r in (zero, full):
+        assert r["step_time_s"] > 0 and r["clips_per_s"] > 0 and r["peak_mem_mb"] > 0
+        assert r["peak_mem_mb"] >= r["baseline_mem_mb"] and r["device"] == "cpu"
+    assert zero["trainable_params"] < zero["total_params"] and zero["mode"] == "adapters" and zero["adapters"]
+    assert full["trainable_params"] == full["total_params"] and not full["adapters"]
+    assert zero["total_params"] > full["total_params"]  # the adapters themselves
+
+
+def test_trains_from_video_files_through_the_data_package(tmp_path):
+    import numpy as np
+
+    from zeroi2v.data.decode import write_video
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("left", "right")):
+        for i in range(3):
+            frames = rng.integers(0, 255, (10, 40, 48, 3), dtype=np.uint8)
+            write_video(tmp_path / "videos" / name / f"{name}{i}.mp4", frames)
+    cfg = micro_cfg(tmp_path / "run", "model.num_classes=2", "data.format=folder", f"data.train_ann={tmp_path / 'videos'}",
+                    f"data.val_ann={tmp_path / 'videos'}", "data.short_side=36", "train.batch_size=2",
+                    "train.total_batch=2", "optim.epochs=1", "data.randaugment=2,1", "test.clips=2", "test.crops=3",
+                    "test.short_side=36")
+    path = save_config(cfg, tmp_path / "cfg.yaml")
+    assert main([str(path), "--set", "optim.epochs=1"]) == 0  # `python -m zeroi2v.train cfg.yaml --set ...`
+    run = tmp_path / "run"
+    rows = read_log(run)
+    assert [int(r["step"]) for r in rows if r["kind"] == "train"] == [1, 2, 3]  # 6 videos, batch 2, no accumulation
+    assert [r["decode_failures"] for r in rows if r["kind"] == "epoch"] == ["0"]
+    val = json.loads((run / "results" / "val.json").read_text())
+    test = json.loads((run / "results" / "test.json").read_text())
+    assert val["num_samples"] == test["num_samples"] == 6 and test["class_names"] == ["left", "right"]
+    assert sum(map(sum, test["confusion"])) == 6
+    assert load_checkpoint(run / "checkpoint.pt")["global_step"] == 3
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    init = torch.load(tmp_path / "init.pt", weights_only=True)
+    assert w0.keys() == w1.keys() == init.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert not torch.equal(w0["head.weight"], init["head.weight"])  # it trained
+    facts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for f in facts:
+        assert f["world_size"] == 2 and f["global_step"] == 4 and f["accumulation"] == 2
+        assert f["val_samples"] == 7  # 7 validation clips over 2 ranks: the padded duplicate is dropped
+    assert facts[0]["val_top1"] == facts[1]["val_top1"]
+    assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert not math.isnan(facts[0]["val_top1"])

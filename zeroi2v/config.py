@@ -1,0 +1,457 @@
+"""A training run's configuration as plain data: five dataclasses read from one YAML file.
+
+    model:  zeroi2v.model.ModelConfig   what network (backbone, Δt, adapters, what trains)
+    data:   DataConfig                  where clips come from and how they are sampled/augmented
+    optim:  OptimConfig                 AdamW + warm-up/cosine schedule + loss
+    train:  TrainConfig                 batch, accumulation, AMP, seeding, logging, checkpoints
+    test:   TestConfig                  multi-view testing
+
+``load_config("configs/ssv2_vit_b16_8f.yaml", ["optim.lr=1e-4", "model.offsets=1x2,-1x2,0x8"])``
+reads a file and applies ``--set`` style overrides. Every key is checked: an unknown key anywhere is an
+error that names the full dotted key and the keys that exist; a value of the wrong type is an error
+that names the key, the expected type and what was given. Strings are coerced where the intent is clear
+(``"1e-4"`` → float, ``"7,4"`` → (7, 4), ``"null"`` → None, ``"true"`` → True). Each run folder gets
+its exact config back with ``save_config`` (``Config.to_dict`` → YAML), and that file loads again.
+
+Every option is documented where it is defined (the docstring under each field).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from zeroi2v.model import ModelConfig
+
+SAMPLERS = ("uniform", "dense")
+AMP_MODES = ("none", "bf16", "fp16")
+ON_MISSING = ("drop", "error")
+FLIP_LABEL_MAPS = ("ssv2",)
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are made from them (see ``zeroi2v.data``)."""
+
+    format: str = "mmaction"
+    """Annotation format read by ``zeroi2v.data.formats.read_annotation``: 'mmaction' (``path label`` lists),
+    'kinetics' (csv), 'ssv2' (json), 'ucf101', 'hmdb51' (official split files), 'diving48' (json), 'folder'
+    (one folder per class)."""
+    format_args: dict = field(default_factory=dict)
+    """Extra keyword arguments for the format reader, e.g. ``{split: 1}`` for UCF101/HMDB51 or
+    ``{labels: /data/ssv2/labels.json}`` for SSv2."""
+    root: str | None = None
+    """Folder the video paths of the annotation files are relative to (None: paths are used as written)."""
+    train_ann: str | None = None
+    """Training annotation (file or folder, per ``format``); None: no training data (evaluation only)."""
+    val_ann: str | None = None
+    """Validation annotation, evaluated every ``train.eval_every`` epochs; None: no validation."""
+    test_ann: str | None = None
+    """Test annotation for the final multi-view test (``test.clips`` × ``test.crops``); None: skip."""
+    sampler: str = "uniform"
+    """'uniform' (TSN: T segments, a random frame in each when training, the middle one when testing; SSv2,
+    UCF101, HMDB51) or 'dense' (T consecutive frames every ``interval``-th; K400)."""
+    num_frames: int | None = None
+    """Frames per clip; None: the model's ``model.num_frames`` (must equal it when set)."""
+    interval: int = 16
+    """Dense sampling: take every ``interval``-th frame (paper: 16 for 8 frames, 8 for 16, 4 for 32)."""
+    size: int | None = None
+    """Crop size fed to the model; None: the backbone's image size (224 for ViT-B/16 and ViT-L/14)."""
+    short_side: int = 256
+    """Frames are resized so their short side is this many pixels before cropping."""
+    randaugment: tuple[int, int] | None = (7, 4)
+    """RandAugment (magnitude, num_ops), the same ops for every frame of a clip; None: off."""
+    flip: float = 0.5
+    """Probability of a horizontal flip of the whole clip while training."""
+    flip_label_map: str | None = None
+    """Labels swapped by a flip: 'ssv2' (left/right classes 86↔87, 93↔94, 166↔167) or None."""
+    random_erasing: float = 0.0
+    """Probability of random erasing per clip (paper: 0.25 for SSv2, 0 elsewhere)."""
+    on_missing: str = "drop"
+    """A video that is missing or cannot be decoded: 'drop' (skip it, count it in ``decode_failures``)
+    or 'error' (stop)."""
+    workers: int = 8
+    """DataLoader worker processes per training process (0: decode in the main process)."""
+    cache_decoded: bool = False
+    """Keep decoded clips in memory (small data sets only, e.g. few-shot)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, linear warm-up then cosine to 0 (stepped per optimiser step), cross-entropy."""
+
+    lr: float = 3e-4
+    """Peak learning rate for a total batch of ``train.total_batch`` (paper: 3e-4 at 64)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = 0.05
+    """AdamW weight decay; never applied to 1-D parameters (biases, norms) or embeddings
+    (class, positional, temporal)."""
+    backbone_lr_mult: float = 1.0
+    """Learning rate multiplier for trainable ``visual.*`` parameters (adapters, ln_post); the head and
+    the temporal embedding keep the full rate (paper: 0.1 for ViT-L, 1.0 for ViT-B)."""
+    warmup_epochs: float = 2.5
+    """Linear warm-up length in epochs (fractional allowed; converted to optimiser steps)."""
+    warmup_start_factor: float = 0.1
+    """Warm-up starts at ``lr × warmup_start_factor``."""
+    epochs: int = 40
+    """Training epochs (paper: 40 for K400/UCF101/HMDB51, 50 for SSv2)."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (paper: 0.1 for SSv2)."""
+    clip_grad: float | None = None
+    """Clip the global gradient norm to this value; None: no clipping (the paper's recipe)."""
+
+
+@dataclass
+class TrainConfig:
+    """Batching, precision, reproducibility, logging and checkpoints."""
+
+    batch_size: int = 8
+    """Clips per forward pass per process."""
+    total_batch: int = 64
+    """Clips per optimiser step over all processes; gradient accumulation =
+    total_batch / (batch_size × world size) (paper: 64)."""
+    amp: str = "bf16"
+    """Mixed precision on CUDA: 'bf16' (autocast), 'fp16' (autocast + dynamic loss scaling) or 'none'.
+    Ignored on CPU, which always trains in fp32."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'."""
+    seed: int = 0
+    """Seed for model init, data order, augmentation and dropout (each process adds its rank)."""
+    deterministic: bool = False
+    """Deterministic kernels (``torch.use_deterministic_algorithms``, no cuDNN autotuning); slower on GPU."""
+    log_every: int = 20
+    """Write a training log row (CSV, TensorBoard, progress bar) every this many optimiser steps."""
+    eval_every: int = 1
+    """Validate every this many epochs (and after the last); 0: only after the last."""
+    save_every: int = 1
+    """Write the resumable checkpoint every this many epochs (and after the last)."""
+    save_every_steps: int = 0
+    """Also write it every this many optimiser steps (0: off); lets a killed run resume mid-epoch."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in total (a smoke test or a time-boxed run; the schedule
+    still spans ``optim.epochs``, so a resumed run continues it). None: run all epochs."""
+    out_dir: str = "runs/default"
+    """Run folder: config.yaml, log.csv, checkpoint.pt, results/."""
+    progress: bool = True
+    """Show a tqdm progress bar (only on rank 0 and only when stderr is a terminal)."""
+
+
+@dataclass
+class TestConfig:
+    """Multi-view testing: each video gives ``clips`` temporal clips × ``crops`` spatial crops, whose
+    softmax probabilities are averaged."""
+
+    clips: int = 1
+    """Temporal clips per video (paper: 3 for K400, 1 for SSv2/UCF101/HMDB51)."""
+    crops: int = 3
+    """Spatial crops per clip: 1 (centre) or 3 (paper: 1 for K400, 3 for SSv2/UCF101/HMDB51)."""
+    batch_size: int = 4
+    """Videos per forward pass when testing (each brings clips × crops views)."""
+    short_side: int | None = None
+    """Short side the test frames are resized to before cropping; None: the crop size (mmaction's test
+    pipelines: resize to 224, then 1 centre crop or 3 crops covering the long side)."""
+    val_full_views: bool = False
+    """Validate during training with all clips × crops (slow); False: 1 clip × 1 centre crop, and the
+    full multi-view test runs once after training (on ``data.test_ann``, else ``data.val_ann``)."""
+
+
+@dataclass
+class Config:
+    """One training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Build and validate a config from nested plain data (what YAML gives)."""
+        return _build(cls, d or {}, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain data (lists, no tuples) that ``yaml.safe_dump`` writes and ``from_dict`` reads."""
+        return _plain({f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def num_frames(self) -> int:
+        return self.data.num_frames or self.model.num_frames
+
+    def validate(self) -> "Config":
+        """Cross-field checks; raises ValueError with the offending key."""
+        d, o, t, s = self.data, self.optim, self.train, self.test
+        _choice("data.sampler", d.sampler, SAMPLERS)
+        _choice("data.on_missing", d.on_missing, ON_MISSING)
+        _choice("train.amp", t.amp, AMP_MODES)
+        _choice("train.device", t.device, ("auto", "cpu", "cuda"))
+        if d.flip_label_map is not None:
+            _choice("data.flip_label_map", d.flip_label_map, FLIP_LABEL_MAPS)
+        if d.num_frames is not None and d.num_frames != self.model.num_frames:
+            raise ValueError(f"data.num_frames={d.num_frames} differs from model.num_frames="
+                             f"{self.model.num_frames}; set one (data.num_frames may be null)")
+        for key, value, low in (("data.interval", d.interval, 1), ("data.short_side", d.short_side, 1),
+                                ("data.workers", d.workers, 0), ("optim.epochs", o.epochs, 1),
+                                ("train.batch_size", t.batch_size, 1), ("train.total_batch", t.total_batch, 1),
+                                ("train.log_every", t.log_every, 1), ("train.eval_every", t.eval_every, 0),
+                                ("train.save_every", t.save_every, 1), ("train.save_every_steps", t.save_every_steps, 0),
+                                ("test.clips", s.clips, 1), ("test.batch_size", s.batch_size, 1),
+                                ("test.short_side", s.short_side or 1, 1), ("data.size", d.size or 1, 1),
+                                ("model.num_frames", self.model.num_frames, 1), ("model.num_classes", self.model.num_classes, 1)):
+            if value < low:
+                raise ValueError(f"{key} must be >= {low}, got {value}")
+        _choice("test.crops", s.crops, (1, 3))
+        for key, value in (("data.flip", d.flip), ("data.random_erasing", d.random_erasing),
+                           ("optim.label_smoothing", o.label_smoothing), ("optim.warmup_start_factor", o.warmup_start_factor)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {value}")
+        if o.lr <= 0 or o.weight_decay < 0 or o.warmup_epochs < 0 or o.backbone_lr_mult < 0:
+            raise ValueError("optim.lr must be > 0; optim.weight_decay, optim.warmup_epochs and "
+                             "optim.backbone_lr_mult must be >= 0")
+        if t.max_steps is not None and t.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1 or null, got {t.max_steps}")
+        check_model_config(self.model)
+        return self
+
+
+def check_model_config(mc: ModelConfig) -> dict[str, Any]:
+    """Validate a model config without building weights: the backbone exists, Δt fits its heads and
+    ``num_frames``, the adapter placement and modes are known. Returns the resolved facts."""
+    from zeroi2v.adapters import placement_slots
+    from zeroi2v.backbones import get_model_config
+    from zeroi2v.model import FINETUNE_MODES
+    from zeroi2v.stdha import BOUNDARIES, parse_offsets
+
+    try:
+        vision = get_model_config(mc.backbone)["vision_cfg"]
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ValueError(f"model.backbone: {e}") from None
+    width, layers = int(vision["width"]), int(vision["layers"])
+    heads = width // int(vision.get("head_width", 64))
+    specs = mc.offsets if isinstance(mc.offsets, (list, tuple)) and len(mc.offsets) == layers \
+        and not all(isinstance(o, int) for o in mc.offsets) else [mc.offsets] * layers
+    try:
+        offsets = [parse_offsets(s, heads, mc.num_frames) for s in specs]
+    except ValueError as e:
+        raise ValueError(f"model.offsets: {e}") from None
+    _choice("model.boundary", mc.boundary, BOUNDARIES)
+    _choice("model.finetune", mc.finetune, FINETUNE_MODES)
+    try:
+        slots = placement_slots(mc.adapter_placement) if mc.adapter else ()
+    except ValueError as e:
+        raise ValueError(f"model.adapter_placement: {e}") from None
+    if mc.adapter is not None:
+        from zeroi2v.adapters import ADAPTERS
+        _choice("model.adapter", mc.adapter, tuple(ADAPTERS))
+    if mc.adapter_ratio <= 0:
+        raise ValueError(f"model.adapter_ratio must be > 0, got {mc.adapter_ratio}")
+    for key in ("adapter_dropout", "head_dropout"):
+        if not 0.0 <= getattr(mc, key) <= 1.0:
+            raise ValueError(f"model.{key} must be in [0, 1], got {getattr(mc, key)}")
+    if len(mc.mean) != 3 or len(mc.std) != 3:
+        raise ValueError("model.mean and model.std need 3 values (RGB)")
+    return {"width": width, "layers": layers, "heads": heads, "offsets": offsets, "adapter_slots": slots,
+            "image_size": vision.get("image_size", 224)}
+
+
+def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None: the defaults) and apply ``key.sub=value`` overrides, then validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file holds a mapping (model:, data:, ...), got {type(data).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key.sub=value (e.g. optim.lr=1e-4)")
+        _set_dotted(data, key.strip(), _Raw(value.strip()))
+    try:
+        return Config.from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write ``cfg`` as YAML (loads back to an equal Config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
+# --- strict building and coercion -------------------------------------------------------------------
+
+class _Raw(str):
+    """A value typed on a command line (``--set key=value``): parsed by the type of its field."""
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"cannot set {key!r}: {part!r} holds a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if isinstance(d, cls):
+        d = dataclasses.asdict(d)
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(d).__name__} {d!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in known:
+            raise ValueError(f"unknown config key {prefix + str(key)!r}; known keys in {where}: {', '.join(known)}")
+    kwargs = {}
+    for key, value in d.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, prefix + key)
+    obj = cls(**kwargs)
+    return obj.validate() if isinstance(obj, Config) else obj
+
+
+_NULLS = ("null", "none", "~", "")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is None and isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp``, or a ValueError naming ``key``, the expected type and the value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def fail() -> typing.NoReturn:
+        shown = str(value) if isinstance(value, _Raw) else value
+        raise ValueError(f"config key {key!r} expects {_type_name(tp)}, got {type(shown).__name__} {shown!r}")
+
+    if tp is Any:
+        if isinstance(value, _Raw):
+            text = str(value)
+            if text.lower() in _NULLS:
+                return None
+            if text[:1] in "[{":
+                return yaml.safe_load(text)
+            return text
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS and type(None) in args):
+            if type(None) in args:
+                return None
+            fail()
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError:
+                pass
+        fail()
+    if value is None:
+        fail()
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        fail()
+    if tp is int:
+        if isinstance(value, bool):
+            fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    fail()
+                if f.is_integer():
+                    return int(f)
+        fail()
+    if tp is float:
+        if isinstance(value, bool):
+            fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                fail()
+        fail()
+    if tp is str:
+        if isinstance(value, str):
+            return str(value)
+        fail()
+    if tp in (tuple, list) or origin in (tuple, list):
+        container = origin or tp
+        if isinstance(value, str):  # "7,4" or "[7, 4]" from the command line
+            text = value.strip().strip("[]()")
+            value_list = [_Raw(part.strip()) for part in text.split(",")] if text else []
+        elif isinstance(value, (list, tuple)):
+            value_list = list(value)
+        else:
+            fail()
+        if args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value_list) != len(args):
+                raise ValueError(f"config key {key!r} expects {len(args)} values ({_type_name(tp)}), "
+                                 f"got {len(value_list)}: {value!r}")
+            out = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value_list, args))]
+        elif args:
+            out = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value_list)]
+        else:  # untyped elements: command-line text read as YAML scalars (numbers stay numbers)
+            out = [_unraw(v) for v in value_list]
+        return container(out)
+    if tp is dict or origin is dict:
+        if isinstance(value, _Raw):
+            value = yaml.safe_load(str(value)) if str(value).strip() else {}
+        if isinstance(value, dict):
+            return _unraw(value)
+        fail()
+    return value
+
+
+def _unraw(x: Any) -> Any:
+    """Command-line strings inside free-form mappings, parsed as YAML scalars."""
+    if isinstance(x, _Raw):
+        return yaml.safe_load(str(x)) if str(x).strip() else None
+    if isinstance(x, dict):
+        return {k: _unraw(v) for k, v in x.items()}
+    return x
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
