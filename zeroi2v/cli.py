@@ -1,0 +1,311 @@
+"""The ``zeroi2v`` command line: thin verbs over the package's modules.
+
+Errors print as one readable line (exit code 2) unless ``--debug`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _add_make_synthetic(sub):
+    p = sub.add_parser("make-synthetic", help="write the synthetic temporal video set (or stills with --images)",
+                       description="Write the synthetic video set: MP4s, mmaction lists per split, classes.txt, "
+                                   "kinds.json and per-video object boxes; or, with --images, still images "
+                                   "labelled by what and where for pre-training a small image model.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", action="store_true", help="write still images (images.npz) instead of videos")
+    p.add_argument("--num-images", type=int, default=10000, help="with --images: how many")
+    p.add_argument("--frames", type=int, default=16, help="frames per video")
+    p.add_argument("--size", type=int, default=32, help="frame side in pixels (even)")
+    p.add_argument("--per-class", default="80,20,30", help="videos per class for train,val,test")
+    p.add_argument("--classes", default=None, help="comma-separated class names (default: all 16)")
+    p.set_defaults(func=cmd_make_synthetic)
+
+
+def cmd_make_synthetic(a):
+    from zeroi2v.data import synthetic
+    if a.images:
+        summary = synthetic.make_synthetic_images(a.out, seed=a.seed, n=a.num_images, size=a.size)
+    else:
+        counts = [int(c) for c in a.per_class.split(",")]
+        if len(counts) != 3:
+            raise ValueError("--per-class takes three numbers: train,val,test")
+        summary = synthetic.make_synthetic_videos(
+            a.out, seed=a.seed, classes=a.classes.split(",") if a.classes else None, num_frames=a.frames,
+            size=a.size, videos_per_class=dict(zip(("train", "val", "test"), counts)))
+    print(json.dumps(summary, indent=1))
+
+
+def _add_pretrain_image(sub):
+    p = sub.add_parser("pretrain-image", help="pre-train a small open_clip ViT on synthetic stills",
+                       description="Pre-train a small image ViT (open_clip format) on what and where of "
+                                   "synthetic stills and save it as an open_clip directory, loadable as "
+                                   "backbone 'local-dir:OUT'.")
+    p.add_argument("--images", required=True, help="images.npz written by `zeroi2v make-synthetic --images`")
+    p.add_argument("--out", required=True, help="output folder (open_clip layout)")
+    p.add_argument("--backbone", default="zeroi2v-tiny", help="model config to train from scratch")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pretrain_image)
+
+
+def cmd_pretrain_image(a):
+    import numpy as np
+    from zeroi2v.pretrain import pretrain_image_model
+    data = np.load(a.images)
+    summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, a.out,
+                                   backbone=a.backbone, epochs=a.epochs, seed=a.seed)
+    print(json.dumps(summary, indent=1))
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train from a YAML config (also under torchrun)",
+                       description="Train a video model from a YAML config (see configs/). Runs under "
+                                   "`torchrun --nproc_per_node N -m zeroi2v train ...` for several GPUs.")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint.pt")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a):
+    from zeroi2v.config import load_config
+    from zeroi2v.train import train
+    result = train(load_config(a.config, a.overrides), resume=a.resume)
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, type(None)))}, indent=1))
+    return 0 if result.get("finished") or result.get("stopped_at_max_steps") else 1
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="multi-view test of a merged checkpoint or a training run",
+                       description="Evaluate on the config's test (or validation) list with clips x crops "
+                                   "views; writes results.json and a confusion-matrix PNG.")
+    p.add_argument("config", help="YAML config (data and test views)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="merged checkpoint directory")
+    src.add_argument("--run", help="training run folder (uses its checkpoint.pt)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="results folder (default: beside the checkpoint)")
+    p.set_defaults(func=cmd_eval)
+
+
+def _load_any(a):
+    """A merged checkpoint directory, or the model of a training run folder."""
+    from zeroi2v.merge import load_merged
+    if getattr(a, "checkpoint", None):
+        return load_merged(a.checkpoint)
+    return load_run(a.run)
+
+
+def load_run(run: str | os.PathLike):
+    """The model of a training run folder (config.yaml + checkpoint.pt), in eval mode."""
+    from zeroi2v.config import load_config
+    from zeroi2v.model import create_model
+    from zeroi2v.train import load_checkpoint
+    run = Path(run)
+    if not (run / "config.yaml").is_file() or not (run / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder (needs config.yaml and checkpoint.pt)")
+    cfg = load_config(run / "config.yaml")
+    model = create_model(cfg.model, pretrained=None)
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
+    return model.eval()
+
+
+def cmd_eval(a):
+    from zeroi2v.config import load_config
+    from zeroi2v.evaluate import evaluate, save_results
+    from zeroi2v.train import build_datasets
+    cfg = load_config(a.config, a.overrides)
+    model = _load_any(a)
+    _, val_set, test_set = build_datasets(cfg, model.image_size)
+    dataset = test_set or val_set
+    if dataset is None:
+        raise ValueError("the config names no test_ann or val_ann to evaluate on")
+    results = evaluate(model, dataset, num_classes=model.head.out_features, batch_size=cfg.test.batch_size)
+    out = Path(a.out or (a.checkpoint or a.run)) / "eval"
+    save_results(results, out, getattr(dataset, "classes", None) or model.cfg.class_names)
+    print(json.dumps({k: results[k] for k in ("top1", "top5") if k in results}, indent=1), f"\nresults in {out}")
+
+
+def _add_merge(sub):
+    p = sub.add_parser("merge", help="fold the adapters of a training run into a merged checkpoint",
+                       description="Fold every linear adapter into its projection and write a merged "
+                                   "checkpoint directory (model.safetensors + config.json).")
+    p.add_argument("run", help="training run folder (config.yaml + checkpoint.pt)")
+    p.add_argument("--out", required=True, help="merged checkpoint directory")
+    p.add_argument("--verify", action="store_true", help="run both models on one random clip and print "
+                                                         "the largest absolute logit difference")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(a):
+    import torch
+    from zeroi2v.merge import merge_adapters, save_merged
+    model = load_run(a.run)
+    merged = merge_adapters(model)
+    save_merged(merged, a.out, extra={"class_names": model.cfg.class_names})
+    print(f"merged checkpoint written to {a.out}")
+    if a.verify:
+        clip = torch.randn(2, 3, model.num_frames, model.image_size, model.image_size)
+        with torch.no_grad():
+            diff = (model(clip) - merged(clip)).abs().max().item()
+        print(f"max |logit difference| merged vs unmerged: {diff:.3g}")
+        if diff > 1e-3:
+            raise RuntimeError(f"merged model differs from the unmerged one by {diff:.3g} (> 1e-3)")
+
+
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="top-5 classes for video files",
+                       description="Classify video files with a merged checkpoint (views averaged).")
+    p.add_argument("videos", nargs="+", help="video files")
+    p.add_argument("--checkpoint", required=True, help="merged checkpoint directory")
+    p.add_argument("--clips", type=int, default=1, help="temporal clips per video (views averaged)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(a):
+    import torch
+    from zeroi2v.data.decode import VideoDecodeError, open_video
+    from zeroi2v.explain import sample_views
+    from zeroi2v.merge import load_merged, read_merged_config
+    model = load_merged(a.checkpoint)
+    names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names \
+        or [f"class {i}" for i in range(model.head.out_features)]
+    out, failed = {}, 0
+    for path in a.videos:
+        try:
+            views, _ = sample_views(model, open_video(path), num_clips=a.clips)
+        except (VideoDecodeError, FileNotFoundError) as e:
+            out[path] = {"error": str(e)}
+            failed += 1
+            continue
+        with torch.no_grad():
+            probs = torch.softmax(model(views), -1).mean(0)
+        top = probs.topk(min(a.top, len(probs)))
+        out[path] = [{"class": names[i], "probability": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())]
+    if a.json:
+        print(json.dumps(out, indent=1))
+    else:
+        for path, result in out.items():
+            print(path)
+            for row in (result if isinstance(result, list) else [result]):
+                print(f"  {row['probability']:6.3f}  {row['class']}" if "class" in row else f"  error: {row['error']}")
+    return 1 if failed else 0
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="params, GFLOPs and latency: plain ViT vs unmerged vs merged",
+                       description="Measure, in one process, params, GFLOPs (x views) and forward latency "
+                                   "of the plain image ViT, the unmerged and the merged ZeroI2V model on "
+                                   "the same input; latency printed as ratios to the plain ViT.")
+    p.add_argument("--backbone", default="ViT-B-16")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--offsets", default="1x1,-1x1", help="Δt multiset or preset")
+    p.add_argument("--views", type=int, default=3, help="views the GFLOPs are multiplied by")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(a):
+    import torch
+    from zeroi2v.bench import zero_cost_report
+    from zeroi2v.merge import merge_adapters
+    from zeroi2v.model import create_model
+    torch.manual_seed(0)
+    model = create_model(backbone=a.backbone, num_classes=400, num_frames=a.frames, offsets=a.offsets).eval()
+    with torch.no_grad():  # trained-looking adapters, so merging has something to fold
+        for n, p in model.named_parameters():
+            if ".adapters." in n:
+                p.normal_(0, 0.02)
+    model = model.to(a.device)
+    merged = merge_adapters(model)
+    size = model.image_size
+    video = torch.randn(1, 3, a.frames, size, size, device=a.device)
+    report = zero_cost_report(model, merged, video, views=a.views, repeats=a.repeats)
+    print(format_report(report, f"{a.backbone}, {a.frames} frames, batch 1, {a.device}"))
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1))
+
+
+def format_report(r: dict, title: str) -> str:
+    rows = [f"zero extra cost — {title}", f"{'model':10s} {'params':>14s} {'GFLOPs':>10s} {'ms':>10s} {'ratio':>7s}"]
+    for name in ("plain", "unmerged", "merged"):
+        ms = r.get("latency_ms", {}).get(name)
+        ratio = r.get("latency_ratio", {}).get(name)
+        rows.append(f"{name:10s} {r['params'][name]:>14,d} {r['gflops'][name]:>10.2f} "
+                    f"{ms if ms is None else f'{ms:10.1f}':>10} {ratio if ratio is None else f'{ratio:7.3f}':>7}")
+    if "latency_ratio" in r:
+        ok = r["latency_ratio"]["merged"] <= 1.02
+        rows.append(f"merged / plain latency = {r['latency_ratio']['merged']:.3f} ({'≤' if ok else '>'} 1.02)")
+    return "\n".join(rows)
+
+
+def _add_quickstart(sub):
+    p = sub.add_parser("quickstart", help="the whole method offline on synthetic data, in minutes",
+                       description="Pre-train a small image ViT on synthetic stills, generate the synthetic "
+                                   "temporal video set, train ZeroI2V, a linear probe and adapters without "
+                                   "STDHA, merge, evaluate and benchmark; writes OUT/report.json, OUT/merged "
+                                   "(for `zeroi2v demo`) and OUT/examples.")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="a much smaller run (smoke test, not the result)")
+    p.set_defaults(func=cmd_quickstart)
+
+
+def cmd_quickstart(a):
+    from zeroi2v.quickstart import run_quickstart
+    report = run_quickstart(a.out, seed=a.seed, fast=a.fast)
+    return 0 if report.get("ok", True) else 1
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="serve the Gradio demo on a merged checkpoint",
+                       description="Start the Gradio demo: drop a video, see top-5 and Grad-CAM of the "
+                                   "spatial and temporal heads.")
+    p.add_argument("--checkpoint", default=None, help="merged checkpoint directory "
+                                                      "(default: runs/quickstart/merged)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(a):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from app.app import launch
+    launch(a.checkpoint, host=a.host, port=a.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zeroi2v", description="ZeroI2V: adapt image transformers to "
+                                     "video at zero extra inference cost.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_add_make_synthetic, _add_pretrain_image, _add_train, _add_eval, _add_merge, _add_predict,
+                _add_bench, _add_quickstart, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one readable line for users; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"zeroi2v {args.verb}: error: {e}", file=sys.stderr)
+        return 2
