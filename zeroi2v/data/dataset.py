@@ -1,0 +1,145 @@
+"""The video dataset: sample -> decode -> sample frames -> transform, robust to bad files, reproducible.
+
+Two failure modes are handled differently on purpose. Files missing at construction are a setup problem:
+they are listed and either dropped with a warning or raised at once. Files that exist but fail to decode
+are found only while iterating: each is logged once and the item is replaced by another sample chosen
+from the item's own random stream; the number of failed decodes travels in the item (`decode_failures`)
+so the training loop can sum it over an epoch even across DataLoader worker processes.
+
+Randomness comes from a numpy Generator seeded by (seed, epoch, index), so an item's frames and
+augmentation do not depend on worker count, worker order or what was drawn before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from zeroi2v.data.decode import DEFAULT_FRAME_TEMPLATE, TensorSource, VideoDecodeError, VideoSource, open_video
+from zeroi2v.data.formats import Annotation, Sample
+
+log = logging.getLogger(__name__)
+
+
+class VideoDataset(Dataset):
+    """Items are dicts: video (float (C, T, H, W) when training; (V, C, T, H, W) when testing, V = clips ×
+    crops, clip-major), label (int), index (the requested index), source_index (the sample actually decoded:
+    differs from index only after a decode failure) and decode_failures (failed decodes for this item)."""
+
+    def __init__(self, samples: Sequence[Sample] | Annotation, root: str | os.PathLike | None = None, *,
+                 sampler: Callable[..., np.ndarray], transform: Callable, train: bool, seed: int = 0,
+                 on_missing: str = "drop", classes: Sequence[str] | None = None,
+                 cache_decoded: bool = False, cache_max_bytes: int = 16 * 2**20,
+                 frame_template: str = DEFAULT_FRAME_TEMPLATE, max_failures_per_item: int = 50):
+        # samples: a list of Sample or an Annotation (then its classes are used unless `classes` is given).
+        # root: folder that relative sample paths are joined to. sampler: UniformSampler/DenseSampler.
+        # transform: TrainTransform when train (called (clip, label, generator)), else TestTransform.
+        # train: training mode (random sampling/augmentation, one clip) or test mode (all views).
+        # seed: base seed; with set_epoch(e), item i uses Generator(seed, e, i).
+        # on_missing: "drop" (warn and drop missing files) or "error" (raise FileNotFoundError).
+        # cache_decoded: keep all decoded frames of videos up to cache_max_bytes each in memory (per
+        #   process: use persistent_workers=True with a DataLoader, or the cache is rebuilt every epoch).
+        # frame_template: file names inside rawframe folders. max_failures_per_item: give up (raise) after
+        #   this many consecutive decode failures for one item, e.g. when the data root is wrong.
+        if isinstance(samples, Annotation):
+            classes = samples.classes if classes is None else classes
+            samples = samples.samples
+        if on_missing not in ("drop", "error"):
+            raise ValueError(f"on_missing must be 'drop' or 'error', got {on_missing!r}")
+        if train and getattr(sampler, "num_clips", 1) != 1:
+            raise ValueError("training takes one clip per video: use a sampler with num_clips=1")
+        self.root = None if root is None else str(root)
+        self.sampler, self.transform, self.train, self.seed = sampler, transform, train, seed
+        self.classes = list(classes) if classes is not None else None
+        self.cache_decoded, self.cache_max_bytes = cache_decoded, cache_max_bytes
+        self.frame_template, self.max_failures_per_item = frame_template, max_failures_per_item
+        # The epoch lives in shared memory so set_epoch reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._cache: dict[int, TensorSource] = {}
+        self._too_big_to_cache: set[int] = set()
+        self._logged: set[int] = set()  # samples whose decode failure was already logged (this process)
+
+        found = [os.path.exists(self.path_of(s)) for s in samples]
+        missing = [s for s, ok in zip(samples, found) if not ok]
+        if missing:
+            shown = ", ".join(repr(self.path_of(s)) for s in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            message = f"{len(missing)} of {len(samples)} videos are missing: {shown}{more}"
+            if on_missing == "error":
+                raise FileNotFoundError(message)
+            warnings.warn(message + " (dropped)", stacklevel=2)
+            samples = [s for s, ok in zip(samples, found) if ok]
+        if not samples:
+            raise ValueError(f"no videos to load (root={self.root!r})")
+        self.samples: list[Sample] = list(samples)
+        self.missing: list[Sample] = missing
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random stream (call before iterating, as with DistributedSampler)."""
+        self._epoch[0] = epoch
+
+    def path_of(self, sample: Sample) -> str:
+        return sample.path if self.root is None else os.path.join(self.root, sample.path)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        source_index, failures = index, 0
+        while True:
+            try:
+                clip = self._load(source_index, rng)
+                break
+            except VideoDecodeError as e:
+                failures += 1
+                if source_index not in self._logged:
+                    self._logged.add(source_index)
+                    log.warning("skipping undecodable video (sample %d): %s", source_index, e)
+                if len(self._logged) >= len(self.samples) or failures >= self.max_failures_per_item:
+                    raise RuntimeError(
+                        f"{failures} decode failures in a row while loading item {index} and "
+                        f"{len(self._logged)} of {len(self.samples)} videos undecodable in this process; "
+                        f"is the data readable? last error: {e}") from e
+                # Another sample, drawn from this item's stream: deterministic, never the same one.
+                source_index = int((source_index + rng.integers(1, len(self.samples))) % len(self.samples))
+        sample = self.samples[source_index]
+        if self.train:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            video, label = self.transform(clip[0], sample.label, generator=generator)
+        else:
+            video, label = torch.cat([self.transform(c) for c in clip]), sample.label
+        return {"video": video, "label": label, "index": index, "source_index": source_index,
+                "decode_failures": failures}
+
+    def _load(self, i: int, rng: np.random.Generator) -> list[torch.Tensor]:
+        """Decode the sampler's clips of sample i: a list of uint8 (T, C, H, W), one per clip."""
+        source = self._cache.get(i) or self._open(i)
+        indices = self.sampler(source.num_frames, self.train, rng)
+        frames = source.get(indices.reshape(-1))
+        return list(frames.view(*indices.shape, *frames.shape[1:]))
+
+    def _open(self, i: int) -> VideoSource:
+        sample = self.samples[i]
+        source = open_video(self.path_of(sample), self.frame_template, num_frames=sample.num_frames)
+        if self.cache_decoded and i not in self._too_big_to_cache:
+            h, w = source.get([0]).shape[-2:]
+            if source.num_frames * 3 * h * w <= self.cache_max_bytes:
+                source = self._cache[i] = TensorSource(source.get_all(), source.fps, source.path)
+            else:
+                self._too_big_to_cache.add(i)
+        return source
+
+    def __repr__(self) -> str:
+        return (f"VideoDataset({len(self)} videos, root={self.root!r}, train={self.train}, "
+                f"sampler={self.sampler}, transform={self.transform})")
