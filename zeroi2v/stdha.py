@@ -123,11 +123,13 @@ def source_frames(offsets: Sequence[int], num_frames: int, boundary: str = "self
     return torch.where(valid, target, t.expand_as(target)), valid
 
 
-def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, boundary: str = "self") -> torch.Tensor:
+def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, boundary: str = "self",
+                index: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Shift per-head K or V in time: ``out[b, t, h] = x[b, t + Δt_h, h]``.
 
     ``x`` is (B*T, heads, tokens, head_dim) with frames folded into the batch, frame-major within
     each video. One gather for all heads and frames; no copy at all when every Δt is 0.
+    ``index``: ``source_frames(...)`` computed beforehand (STDHA caches it per device).
     """
     if not any(offsets):
         return x
@@ -136,7 +138,7 @@ def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, bounda
         raise ValueError(f"batch of {bt} frames is not a multiple of num_frames={num_frames}")
     if h != len(offsets):
         raise ValueError(f"tensor has {h} heads but {len(offsets)} offsets were given")
-    src, valid = source_frames(offsets, num_frames, boundary, x.device)
+    src, valid = index if index is not None else source_frames(offsets, num_frames, boundary, x.device)
     heads = torch.arange(h, device=x.device)[None, :]
     out = x.view(bt // num_frames, num_frames, h, n, d)[:, src, heads]  # (B, T, H, N, D)
     if boundary == "zero":
@@ -158,14 +160,19 @@ class STDHA(nn.Module):
         self.offsets = tuple(int(o) for o in offsets)
         self.num_frames = int(num_frames)
         self.boundary = boundary
+        self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def temporal_heads(self) -> list[int]:
         return [i for i, off in enumerate(self.offsets) if off != 0]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        shift = lambda x: shift_heads(x, self.offsets, self.num_frames, self.boundary)  # noqa: E731
-        return q, shift(k), shift(v)
+        if not any(self.offsets):
+            return q, k, v
+        if k.device not in self._index:
+            self._index[k.device] = source_frames(self.offsets, self.num_frames, self.boundary, k.device)
+        index = self._index[k.device]
+        return q, *(shift_heads(x, self.offsets, self.num_frames, self.boundary, index) for x in (k, v))
 
     def extra_repr(self) -> str:
         return f"Δt={{{format_offsets(self.offsets)}}}, num_frames={self.num_frames}, boundary={self.boundary}"

@@ -1,0 +1,113 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from zeroi2v.cli import build_parser, main
+from zeroi2v.merge import load_merged, merge_adapters, save_merged
+from zeroi2v.model import create_model
+
+VERBS = ["make-synthetic", "pretrain-image", "train", "eval", "merge", "predict", "bench", "quickstart", "demo"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    assert f"usage: zeroi2v {verb}" in capsys.readouterr().out
+
+
+def test_installed_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "zeroi2v", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and all(v in out.stdout for v in VERBS)
+
+
+def test_errors_are_one_readable_line(tmp_path, capsys):
+    code = main(["predict", "--checkpoint", str(tmp_path / "nowhere"), str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "not a merged checkpoint" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "predict", "--checkpoint", str(tmp_path / "nowhere"), str(tmp_path / "x.mp4")])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    assert main(["make-synthetic", "--out", str(out), "--per-class", "2,1,1", "--frames", "8",
+                 "--classes", "move_left,move_right,colour_change"]) == 0
+    return out
+
+
+def test_predict_reports_good_and_bad_files(synthetic, tmp_path, capsys):
+    model = create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=4, offsets="1x1,-1x1").eval()
+    save_merged(merge_adapters(model), tmp_path / "merged", extra={"class_names": ["left", "right", "colour"]})
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(tmp_path / "merged"), "--json", "--top", "2",
+                 str(synthetic / "test/move_left/move_left_0000.mp4"), str(bad)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1  # one file failed
+    good = out[str(synthetic / "test/move_left/move_left_0000.mp4")]
+    assert len(good) == 2 and {r["class"] for r in good} <= {"left", "right", "colour"}
+    probs = [r["probability"] for r in good]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert "error" in out[str(bad)] and "bad.mp4" in out[str(bad)]["error"]
+
+
+def test_train_merge_verify_eval(synthetic, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+model: {{backbone: zeroi2v-micro, num_classes: 3, num_frames: 4, offsets: "1x1,-1x1"}}
+data: {{format: mmaction, root: {synthetic}, train_ann: {synthetic}/train.txt, test_ann: {synthetic}/test.txt,
+        randaugment: null, short_side: 32, workers: 0}}
+optim: {{epochs: 1, warmup_epochs: 0}}
+train: {{batch_size: 2, total_batch: 2, out_dir: {tmp_path}/run, progress: false}}
+test: {{clips: 1, crops: 1}}
+""")
+    assert main(["train", str(cfg)]) == 0
+    assert main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    diff = float(out.split("merged vs unmerged:")[1].split()[0])
+    assert diff <= 1e-3
+    assert load_merged(tmp_path / "merged").offsets == [(1, -1, 0, 0, 0, 0)] * 2
+    assert main(["eval", str(cfg), "--checkpoint", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "eval" / "results.json").is_file()
+    assert main(["train", str(cfg), "--set", "optim.lr=oops"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+
+
+def test_bench_prints_ratios(capsys, tmp_path):
+    assert main(["bench", "--backbone", "zeroi2v-micro", "--frames", "4", "--repeats", "2",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "merged / plain latency" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["gflops"]["merged"] == report["gflops"]["plain"] < report["gflops"]["unmerged"]
+
+
+def test_quickstart_fast_smoke(tmp_path):
+    """The whole quickstart path at toy size: outputs exist and the exactness promises hold."""
+    from zeroi2v.quickstart import run_quickstart
+    report = run_quickstart(tmp_path / "qs", fast=True, log=lambda *_: None)
+    for key in ("zeroi2v", "zeroi2v_merged", "linear_probe", "no_stdha"):
+        assert 0.0 <= report["top1"][key] <= 1.0
+        assert set(report["top1_by_kind"][key]) == {"order", "relation"}
+    assert report["merge"]["prediction_agreement"] == 1.0
+    assert report["merge"]["max_abs_logit_diff"] <= 1e-3
+    p = report["params"]
+    assert p["merged"] - p["plain"] == p["temporal_embedding"] + p["classifier"]
+    assert report["gflops"]["merged"] == report["gflops"]["plain"]
+    saved = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert saved["top1"] == report["top1"]
+    merged = load_merged(tmp_path / "qs" / "merged")
+    assert merged.cfg.class_names and len(list((tmp_path / "qs" / "examples").glob("*.mp4"))) >= 1
+    with torch.no_grad():
+        assert merged(torch.zeros(1, 3, 8, 32, 32)).shape == (1, 16)
+    # a second run reuses the image model and the videos
+    again = run_quickstart(tmp_path / "qs", fast=True, log=lambda *_: None)
+    assert again["stage_seconds"]["image model"] < report["stage_seconds"]["image model"] + 1
+    assert (tmp_path / "qs" / "image_model" / "pretrain.json").is_file()
