@@ -102,7 +102,7 @@ def measure_latency(models: dict[str, Callable], video: torch.Tensor, repeats: i
 def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views: int = 1,
                      repeats: int = 10, latency: bool = True) -> dict:
     """Params, GFLOPs (× views) and latency of plain ViT, unmerged and merged ZeroI2V on one input."""
-    plain = PlainViT(merged).to(video.device)
+    plain = PlainViT(merged).to(video.device, video.dtype)
     model, merged = model.eval(), merged.eval()
     report = {
         "params": {"plain": backbone_params(merged), "merged": count_params(merged), "unmerged": count_params(model),
