@@ -22,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
-OURS = ("01_stdha.ipynb", "02_adapters_and_merge.ipynb")
+OURS = ("01_stdha.ipynb", "02_adapters_and_merge.ipynb", "04_train_zeroi2v.ipynb")
 KERNEL = "python3"
 CELL_TIMEOUT = 600  # seconds per cell; SMALL notebooks take about a minute in all on 2 cores
 ARTIFACTS = ROOT / "test-artifacts" / "notebooks"

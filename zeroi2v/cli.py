@@ -98,23 +98,10 @@ def _add_eval(sub):
 def _load_any(a):
     """A merged checkpoint directory, or the model of a training run folder."""
     from zeroi2v.merge import load_merged
+    from zeroi2v.train import load_run
     if getattr(a, "checkpoint", None):
         return load_merged(a.checkpoint)
     return load_run(a.run)
-
-
-def load_run(run: str | os.PathLike):
-    """The model of a training run folder (config.yaml + checkpoint.pt), in eval mode."""
-    from zeroi2v.config import load_config
-    from zeroi2v.model import create_model
-    from zeroi2v.train import load_checkpoint
-    run = Path(run)
-    if not (run / "config.yaml").is_file() or not (run / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"{run} is not a training run folder (needs config.yaml and checkpoint.pt)")
-    cfg = load_config(run / "config.yaml")
-    model = create_model(cfg.model, pretrained=None)
-    model.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
-    return model.eval()
 
 
 def cmd_eval(a):
@@ -147,6 +134,7 @@ def _add_merge(sub):
 def cmd_merge(a):
     import torch
     from zeroi2v.merge import merge_adapters, save_merged
+    from zeroi2v.train import load_run
     model = load_run(a.run)
     merged = merge_adapters(model)
     save_merged(merged, a.out, extra={"class_names": model.cfg.class_names})

@@ -77,7 +77,7 @@ def merge_adapters(model: ZeroI2V) -> ZeroI2V:
             else:
                 raise ValueError(f"no merge rule for adapter slot {slot!r}")
         blk.adapters = nn.ModuleDict()
-    merged.cfg = replace(model.cfg, adapter=None)
+    merged.cfg = replace(model.cfg, adapter=None, finetune="linear_probe")  # frozen: nothing left to tune
     merged.set_finetune("linear_probe")
     for p in merged.parameters():
         p.requires_grad_(False)

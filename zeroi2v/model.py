@@ -74,6 +74,12 @@ class ModelConfig:
         return d
 
 
+def _probe(probe: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Call an identity probe only when something hooks it: a module call costs microseconds that
+    show in small models (module-global hooks do not see the probes)."""
+    return probe(x) if probe._forward_hooks or probe._forward_pre_hooks else x
+
+
 class VideoBlock(nn.Module):
     """One ViT block reading a clip: open_clip's weights, a temporal operator, optional adapters.
 
@@ -102,11 +108,12 @@ class VideoBlock(nn.Module):
         w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
         if "q_in" in self.adapters or "k_in" in self.adapters or "v_in" in self.adapters:
             bias = b.chunk(3) if b is not None else (None,) * 3
-            q, k, v = (F.linear(self._adapt(s, x), wi, bi) for s, wi, bi in zip(("q_in", "k_in", "v_in"), w.chunk(3), bias))
+            qkv = torch.cat([F.linear(self._adapt(s, x), wi, bi)
+                             for s, wi, bi in zip(("q_in", "k_in", "v_in"), w.chunk(3), bias)], dim=-1)
         else:
-            q, k, v = F.linear(self._adapt("attn_in", x), w, b).chunk(3, dim=-1)
-        heads = lambda t: t.reshape(bt, n, self.num_heads, c // self.num_heads).transpose(1, 2)  # noqa: E731
-        q, k, v = self.temporal(self.q_probe(heads(q)), self.k_probe(heads(k)), self.v_probe(heads(v)))
+            qkv = F.linear(self._adapt("attn_in", x), w, b)
+        q, k, v = qkv.view(bt, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.temporal(_probe(self.q_probe, q), _probe(self.k_probe, k), _probe(self.v_probe, v))
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(bt, n, c)
         return self._adapt("attn_out", self.attn.out_proj(out))
 

@@ -13,6 +13,8 @@ Stages 1 and 2 are cached in the output folder: a second run starts at stage 3.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -53,7 +55,9 @@ class QuickstartSettings:
     lr: float = 1e-3
     test_clips: int = 2
     threads: int = 1
-    """Intra-op threads: tiny matrices run faster on one thread than two fighting over 2 cores."""
+    """Intra-op threads per process: tiny matrices run faster on one thread per core."""
+    parallel: bool = True
+    """Train ZeroI2V and the no-STDHA baseline at once, one forked process (one core) each."""
     examples: int = 6
 
 
@@ -115,20 +119,19 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     # 3. three runs from the same frozen image model
     with _stage(timings, "decode videos", log):
         train_set, test_set = _datasets(video_dir, classes, s, seed)
-    runs = {
-        "zeroi2v": dict(offsets=s.offsets),
-        "no_stdha": dict(offsets=None),
-        "linear_probe": dict(offsets=None, adapter=None, finetune="linear_probe"),
-    }
-    results, models = {}, {}
-    for name, model_overrides in runs.items():
-        with _stage(timings, f"train {name}", log):
-            cfg = _run_config(s, backbone, classes, out / "runs" / name, seed,
-                              epochs=s.probe_epochs if name == "linear_probe" else s.epochs, **model_overrides)
-            from zeroi2v.train import train
-            result = train(cfg, train_set=train_set, val_set=None, test_set=test_set)
-            models[name], results[name] = result["model"].eval(), result["test"]
-            log(f"[quickstart]   {name}: test top-1 {results[name]['top1'] / 100:.3f}")
+    adapters = {"zeroi2v": dict(offsets=s.offsets), "no_stdha": dict(offsets=None)}
+    configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
+               for name, o in adapters.items()}
+    configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
+                                          epochs=s.probe_epochs, offsets=None, adapter=None, finetune="linear_probe")
+    with _stage(timings, "train zeroi2v + no_stdha", log):
+        trained = _train_runs({k: configs[k] for k in adapters}, train_set, test_set, s.parallel)
+    with _stage(timings, "train linear_probe", log):
+        trained.update(_train_runs({"linear_probe": configs["linear_probe"]}, train_set, test_set, False))
+    models = {name: model for name, (model, _) in trained.items()}
+    results = {name: result for name, (_, result) in trained.items()}
+    for name, result in results.items():
+        log(f"[quickstart]   {name}: test top-1 {result['top1'] / 100:.3f}")
 
     # 4. merge, test, measure
     from zeroi2v.bench import zero_cost_report
@@ -204,8 +207,43 @@ def _run_config(s: QuickstartSettings, backbone: str, classes: list[str], out_di
     return Config(model=model, data=DataConfig(workers=0, size=s.size),
                   optim=OptimConfig(lr=s.lr, epochs=epochs, warmup_epochs=1, label_smoothing=0.1),
                   train=TrainConfig(batch_size=s.batch_size, total_batch=s.batch_size, device="cpu", seed=seed,
-                                    eval_every=0, save_every=max(1, epochs), out_dir=str(out_dir), log_every=20),
+                                    eval_every=0, save_every=max(1, epochs), out_dir=str(out_dir), log_every=20,
+                                    progress=False),
                   test=TestConfig(clips=s.test_clips, crops=1, batch_size=16))
+
+
+def _train_runs(configs: dict[str, Config], train_set, test_set, parallel: bool) -> dict[str, tuple]:
+    """Train each config; returns {name: (trained model, test summary)} read back from the run folders.
+
+    With ``parallel`` the runs go to forked processes (the decoded-video cache is shared copy-on-write),
+    one thread each: on 2 cores two 1-thread runs take about as long as one.
+    """
+    from zeroi2v.train import load_run, train
+    if parallel and len(configs) > 1 and hasattr(os, "fork"):
+        ctx = multiprocessing.get_context("fork")
+        procs = {name: ctx.Process(target=_train_child, args=(cfg, train_set, test_set), name=f"train-{name}")
+                 for name, cfg in configs.items()}
+        for p in procs.values():
+            p.start()
+        for name, p in procs.items():
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError(f"training run '{name}' failed (exit code {p.exitcode}); its folder is "
+                                   f"{configs[name].train.out_dir}")
+    else:
+        for cfg in configs.values():
+            train(cfg, train_set=train_set, test_set=test_set)
+    out = {}
+    for name, cfg in configs.items():
+        run = Path(cfg.train.out_dir)
+        out[name] = (load_run(run), json.loads((run / "results" / "test.json").read_text()))
+    return out
+
+
+def _train_child(cfg: Config, train_set, test_set) -> None:
+    torch.set_num_threads(1)
+    from zeroi2v.train import train
+    train(cfg, train_set=train_set, test_set=test_set)
 
 
 @torch.no_grad()

@@ -270,6 +270,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_run(run: str | Path) -> nn.Module:
+    """The trained model of a run folder (``config.yaml`` + ``checkpoint.pt``), in eval mode."""
+    from zeroi2v.config import load_config
+    run = Path(run)
+    if not (run / "config.yaml").is_file() or not (run / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder (needs config.yaml and checkpoint.pt)")
+    cfg = load_config(run / "config.yaml")
+    model = create_model(cfg.model, pretrained=None)
+    model.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
+    return model.eval()
+
+
 class RunLog:
     """log.csv (+ TensorBoard when installed) on rank 0; a no-op elsewhere."""
 

@@ -272,6 +272,26 @@ def colour_same(rng, t, size):
     return _diagonal(rng, t, size, np.zeros(t))
 
 
+@register("colour_flicker", "relation")
+def colour_flicker(rng, t, size):
+    """Alternates between two colours every frame: the relation shows in *every* pair of neighbouring
+    frames (a dense signal for a Δt = ±1 head), yet each frame's colour is uniform over the palette."""
+    o = _diagonal(rng, t, size, np.zeros(t))
+    second = (o.colour[0] + rng.integers(1, len(PALETTE))) % len(PALETTE)
+    o.colour = np.where(np.arange(t) % 2 == 0, o.colour[0], second)
+    o.params.update(colours=[int(o.colour[0]), int(second)])
+    return o
+
+
+@register("jitter", "relation")
+def jitter(rng, t, size):
+    """Jumps to a fresh uniform position every frame (a still object stays put): frame by frame the
+    position is uniform in both, only neighbouring frames tell them apart."""
+    o = _diagonal(rng, t, size, np.zeros(t))
+    o.x, o.y = rng.uniform(0, size, t), rng.uniform(0, size, t)
+    return o
+
+
 @register("fast", "relation")
 def fast(rng, t, size):
     o = _diagonal(rng, t, size, 3 * size / t * np.arange(t))
