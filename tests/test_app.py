@@ -1,0 +1,253 @@
+"""The Gradio demo: the backend's input checks (no browser) and the page itself in Chromium (Playwright)."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # app/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from app.app import DemoBackend, InputError, find_examples, launch, resolve_checkpoint, sniff_container  # noqa: E402
+from zeroi2v.data.decode import write_video  # noqa: E402
+from zeroi2v.merge import merge_adapters, save_merged  # noqa: E402
+from zeroi2v.model import create_model  # noqa: E402
+
+CLASSES = ["moves left", "moves right", "moves up", "moves down", "stays", "blinks"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _moving_square(t: int, h: int, w: int, step: int = 2, colour=(255, 80, 0)) -> np.ndarray:
+    frames = np.full((t, h, w, 3), 20, np.uint8)
+    for i in range(t):
+        x = (step * i) % (w - 16)
+        frames[i, h // 2 - 8:h // 2 + 8, x:x + 16] = colour
+    return frames
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors on 2 shared cores: one intra-op thread is faster and steadier (see test_explain.py)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A merged micro checkpoint with an examples/ folder beside it, and good and bad uploads."""
+    root = tmp_path_factory.mktemp("app")
+    torch.manual_seed(0)
+    model = create_model(backbone="zeroi2v-micro", num_classes=len(CLASSES), num_frames=8,
+                         offsets="1x1,-1x1,0x4", class_names=CLASSES)
+    ckpt = save_merged(merge_adapters(model), root / "run" / "merged",
+                       extra={"class_names": CLASSES, "facts": {"gflops": {"merged": 0.0123}}})
+    up = root / "uploads"
+    out = {"ckpt": ckpt, "example": root / "run" / "examples" / "square_right.mp4",
+           "good": up / "good.mp4", "good2": up / "portrait_clip.mp4", "corrupt": up / "corrupt.mp4",
+           "empty": up / "empty.mp4", "one": up / "one_frame.mp4", "text": up / "notes.txt",
+           "long": up / "long.mp4", "renamed_text": up / "fake.mp4"}
+    write_video(out["example"], _moving_square(16, 48, 64))
+    write_video(out["good"], _moving_square(24, 64, 64, step=3, colour=(40, 200, 60)))
+    write_video(out["good2"], _moving_square(20, 80, 48, step=1, colour=(50, 90, 245)))
+    out["corrupt"].write_bytes(out["good"].read_bytes()[:400])  # header only: opens, no frames
+    out["empty"].write_bytes(b"")
+    write_video(out["one"], _moving_square(1, 32, 32))
+    out["text"].write_text("not a video\n" * 20)
+    out["renamed_text"].write_text("#EXTM3U\n#EXT-X-VERSION:3\nfile:///etc/hostname\n")
+    write_video(out["long"], _moving_square(60, 16, 32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def backend(files) -> DemoBackend:
+    return DemoBackend(files["ckpt"], warmup=False)
+
+
+# ------------------------------------------------------------------------------------ no browser
+def test_backend_analyses_a_good_video(backend, files):
+    r = backend.analyse(files["good"], clips=2)
+    assert r["probs"].shape == (len(CLASSES),) and abs(float(r["probs"].sum()) - 1) < 1e-5
+    assert 0 <= r["target_class"] < len(CLASSES)
+    assert r["target_class"] == int(np.argmax(r["probs"]))  # default: explain the top-1 class
+    assert r["indices"].shape == (2, 8) and r["indices"].max() < 24
+    for g in ("frames", "spatial", "temporal", "all"):
+        img = r["strips"][g]
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.shape[1] > 4 * img.shape[0]
+    assert set(r["timings"]) == {"decode", "inference", "cam", "total"}
+    assert all(v >= 0 for v in r["timings"].values())
+    # an explicit class and block are honoured
+    r2 = backend.analyse(files["good"], target=CLASSES[3], block=0, clips=1)
+    assert r2["target_class"] == 3 and r2["block"] == 0
+
+
+@pytest.mark.parametrize("key, phrase", [
+    ("corrupt", "cannot be read as a video"),
+    ("empty", "empty (0 bytes)"),
+    ("one", "has 1 frame"),
+    ("text", "not a video file"),
+    ("renamed_text", "not a video file"),
+])
+def test_backend_rejects_bad_input_readably(backend, files, key, phrase):
+    with pytest.raises(InputError) as e:
+        backend.analyse(files[key])
+    msg = str(e.value)
+    assert phrase in msg
+    assert files[key].name in msg
+    assert "Traceback" not in msg and str(files[key].parent) not in msg  # no stack, no server path
+    # the next good upload still works
+    assert backend.analyse(files["good"])["probs"].shape == (len(CLASSES),)
+
+
+def test_backend_limits(files):
+    small = DemoBackend(files["ckpt"], warmup=False, max_frames=50, max_file_size=10_000, max_side=60)
+    with pytest.raises(InputError, match="60 frames; the limit is 50"):
+        small.analyse(files["long"])
+    with pytest.raises(InputError, match="64x64 pixels; the limit is 60"):
+        small.analyse(files["good"])
+    big = files["long"].with_name("padded.mp4")
+    big.write_bytes(files["good"].read_bytes() + b"\0" * 20_000)
+    with pytest.raises(InputError, match=r"padded.mp4` is 2\d.\d KB; the limit is 9.8 KB"):
+        small.analyse(big)
+    short = DemoBackend(files["ckpt"], warmup=False, max_seconds=5)  # 60 frames at 8 fps = 7.5 s
+    with pytest.raises(InputError, match="lasts 8 s; the limit is 5 s"):
+        short.analyse(files["long"])
+    with pytest.raises(InputError, match="test views"):
+        small.analyse(files["long"], clips=99)
+    with pytest.raises(InputError, match="block"):
+        small.analyse(files["long"], block=7)
+    with pytest.raises(InputError, match="unknown class"):
+        small.analyse(files["long"], target="no such class")
+
+
+def test_block_without_temporal_heads_says_so(files, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=8, offsets=["1x1,-1x1,0x4", "0x6"])
+    ckpt = save_merged(merge_adapters(model), tmp_path / "merged", extra={"class_names": ["a", "b", "c"]})
+    b = DemoBackend(ckpt, warmup=False)
+    r = b.analyse(files["good"], block=1)
+    assert r["strips"]["temporal"] is None and r["temporal"] is None
+    assert "no temporal heads" in r["messages"]["temporal"]
+    assert r["strips"]["spatial"] is not None and r["strips"]["all"] is not None
+    assert b.analyse(files["good"], block=0)["strips"]["temporal"] is not None
+    assert "layer 1: `{0x6}`" in b.facts
+
+
+def test_examples_and_checkpoint_resolution(files, backend, tmp_path, monkeypatch):
+    assert backend.examples == {"square_right.mp4": files["example"].resolve()}  # the folder beside it
+    cfg = {"examples": ["../../uploads/good.mp4", "missing.mp4", "../../uploads/notes.txt",
+                        "examples/square_right.mp4"]}  # the last relative to the checkpoint's parent
+    found = find_examples(files["ckpt"], cfg)
+    assert found == {"good.mp4": files["good"].resolve(), "square_right.mp4": files["example"].resolve()}
+    assert sniff_container(files["good"]) == "MP4/MOV" and sniff_container(files["text"]) is None
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart/merged here
+    with pytest.raises(FileNotFoundError, match="make quickstart"):
+        resolve_checkpoint(None)
+    with pytest.raises(FileNotFoundError, match="zeroi2v merge"):
+        resolve_checkpoint(tmp_path)
+    assert "Extra cost vs the image model: 0" in backend.facts and "0.0123" in backend.facts
+    assert "{1x1,-1x1,0x4}" in backend.facts
+
+
+# ---------------------------------------------------------------------------------------- browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status_has(page, text: str, timeout_s: float = 60) -> None:
+    page.wait_for_function("t => { const e = document.querySelector('#status'); return e && e.innerText.includes(t); }",
+                           arg=text, timeout=timeout_s * 1000)
+
+
+def _upload(page, path: Path) -> None:
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.set_input_files("#upload input[type=file]", str(path))
+
+
+def _assert_result(page) -> None:
+    top5 = page.inner_text("#top5")
+    shown = [c for c in CLASSES if c in top5]
+    assert len(shown) >= 5, f"top-5 should list 5 class names, got {top5!r}"
+    for elem in ("frames", "cam-spatial", "cam-temporal", "cam-all"):
+        try:  # the status text can arrive a moment before the images have loaded
+            page.wait_for_function("id => { const i = document.querySelector('#' + id + ' img');"
+                                   " return i && i.getAttribute('src') && i.complete && i.naturalWidth > 0; }",
+                                   arg=elem, timeout=15_000)
+        except Exception:
+            pytest.fail(f"no loaded image in #{elem}")
+        img = page.locator(f"#{elem} img").first
+        assert img.evaluate("i => i.naturalWidth > 4 * i.naturalHeight"), f"#{elem} is not a strip of frames"
+    assert "decode" in page.inner_text("#timing") and "Grad-CAM" in page.inner_text("#timing")
+
+
+@pytest.mark.browser
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning", "ignore:The copy keyword:Warning")
+def test_app_in_browser(files):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium; see `make browser-deps`)")
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (`make browser-deps`) to run the browser test")
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    demo = launch(files["ckpt"], host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1150})
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+                page.wait_for_selector("#upload input[type=file]", state="attached", timeout=30_000)
+                assert "Extra cost vs the image model: 0" in page.inner_text("#facts")
+
+                page.click("#example input")  # an example, picked by name
+                page.get_by_role("option", name="square_right.mp4").click()
+                _status_has(page, "square_right.mp4: explaining")
+                _assert_result(page)
+
+                _upload(page, files["good"])  # an upload
+                _status_has(page, "good.mp4: explaining")
+                _assert_result(page)
+
+                page.click("#target input")  # explain another class, same video
+                page.get_by_role("option", name="moves up").click()
+                page.click("#analyse")
+                _status_has(page, "good.mp4: explaining moves up")
+                _assert_result(page)
+
+                _upload(page, files["corrupt"])  # a corrupt MP4: readable error, no stack trace
+                _status_has(page, "Error:")
+                status = page.locator("#status")
+                assert status.is_visible()
+                text = status.inner_text()
+                assert "corrupt.mp4" in text and "cannot be read as a video" in text
+                assert "Traceback" not in page.content()
+                assert page.locator("#cam-temporal img").count() == 0  # stale results are cleared
+
+                _upload(page, files["good2"])  # and the next good one works, explaining its own top-1
+                _status_has(page, "portrait_clip.mp4: explaining")
+                _assert_result(page)
+                top1 = next(line.strip() for line in page.inner_text("#top5").splitlines() if line.strip() in CLASSES)
+                assert f"explaining {top1} " in page.inner_text("#status")
+
+                art = ROOT / "test-artifacts"
+                art.mkdir(exist_ok=True)
+                page.screenshot(path=str(art / "app.png"), full_page=True)
+                assert (art / "app.png").stat().st_size > 10_000
+            finally:
+                browser.close()
+    finally:
+        demo.close()

@@ -1,0 +1,423 @@
+"""Grad-CAM of spatial vs temporal heads (paper Fig. 3 / appendix 6.3), overlays, and a localisation score.
+
+``gradcam(model, clip)`` explains one class of one clip with ``pytorch_grad_cam.GradCAM`` three times,
+once per head group of one block: the *spatial* heads (Δt = 0), the *temporal* heads (Δt ≠ 0) and
+*all* heads. The CAM math (channel weights = mean gradient, ReLU of the weighted sum, min-max
+scaling) is the library's; ours are the choice of hooked tensor, its reshape and the final upsampling.
+
+Which tensor is hooked, and why
+-------------------------------
+The target layer is the block's ``v_probe``: an identity on the per-head values
+``V`` of shape (B*T, heads, 1 + h*w, head_dim) *before* STDHA's time shift. Our
+``reshape_transform`` (:class:`HeadsToVolume`) keeps only the group's heads, drops the class token
+and returns a video volume (B, heads_in_group * head_dim, T, h, w), so channels separate by head
+and Grad-CAM treats the clip as one 3-D "image": one channel weight per value channel for the whole
+clip, one normalisation across all frames (a frame with less evidence looks dimmer than the others).
+
+For a spatial head the value at (frame t, patch p) is read by the queries of frame t. For a temporal
+head with offset Δt, the value at frame t' is read by the queries of frame t' − Δt (STDHA: head i of
+frame t attends to the K/V of frame t + Δt_i). Hooking before the shift therefore puts the map *in
+the frame the content comes from*: the temporal-head map at frame t' shows where in frame t' the
+temporal heads take content from. The gradient there is non-zero (the shift is a gather; its
+backward scatters the gradient to the source frame), so these maps carry signal whenever the block
+has temporal heads (a map that is zero everywhere means "no positive evidence for this class" and
+comes with a message). After the shift the same tensor would be indexed by the reading frame, and a
+boundary frame read twice (``boundary='self'``) would mix two frames' content in one map.
+
+A block whose every Δt is 0 has no temporal group: it is reported as ``None`` with a message, never
+as a blank map (likewise the spatial group of a block whose every head is temporal).
+
+The library resizes a 3-D CAM with ``scipy.ndimage.zoom`` (cubic, corner-aligned: on a 4x4 token grid
+the border patches' centres land up to half a patch off). We ask it for the CAM at the token grid
+(:class:`VideoGradCAM`) and upsample each frame bilinearly with half-pixel alignment ourselves, so a
+patch's value stays centred on that patch; the token-grid maps are returned too.
+
+Merged and unmerged models compute the same function, so they give the same maps (up to float
+rounding). Grad-CAM needs a gradient, not trainable weights: during the call every parameter is
+frozen and the input carries the gradient instead, so no ``.grad`` of the model is touched; the
+model's train/eval mode and ``requires_grad`` flags are restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+GROUPS = ("spatial", "temporal", "all")
+GROUP_TITLES = {"spatial": "Spatial heads", "temporal": "Temporal heads", "all": "All heads"}
+
+
+# --------------------------------------------------------------------------------------------- CAM
+class HeadsToVolume:
+    """``reshape_transform`` for ``v_probe``: (B*T, heads, 1+h*w, d) -> (B, len(heads)*d, T, h, w).
+
+    Keeps the listed heads (channels ordered head by head), drops the class token (token 0) and
+    unfolds the frames from the batch into a time axis.
+    """
+
+    def __init__(self, heads: Sequence[int], num_frames: int, grid: tuple[int, int]):
+        if not heads:
+            raise ValueError("a head group needs at least one head")
+        self.heads = list(heads)
+        self.num_frames = int(num_frames)
+        self.grid = (int(grid[0]), int(grid[1]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        bt, _, n, d = x.shape
+        h, w = self.grid
+        if n != 1 + h * w:
+            raise ValueError(f"expected 1 + {h}x{w} tokens, got {n}")
+        if bt % self.num_frames:
+            raise ValueError(f"{bt} frames is not a multiple of num_frames={self.num_frames}")
+        g, t = len(self.heads), self.num_frames
+        x = x[:, self.heads, 1:, :]                                   # (B*T, g, h*w, d)
+        x = x.reshape(bt // t, t, g, h, w, d).permute(0, 2, 5, 1, 3, 4)  # (B, g, d, T, h, w)
+        return x.reshape(bt // t, g * d, t, h, w)
+
+
+def _video_gradcam_class():
+    from pytorch_grad_cam import GradCAM
+
+    class VideoGradCAM(GradCAM):
+        """``GradCAM`` on a (B, C, T, H, W) clip that returns maps at the token grid (B, T, h, w).
+
+        Everything but the output size is the library's (channel weights, ReLU, scaling).
+        """
+
+        def __init__(self, model, target_layers, reshape_transform, grid: tuple[int, int]):
+            super().__init__(model, target_layers, reshape_transform)
+            self.grid = grid
+
+        def get_target_width_height(self, input_tensor):
+            # the library's 3-D order is (W, H, T), reversed before resizing: ask for the grid itself
+            return self.grid[1], self.grid[0], input_tensor.size(2)
+
+    return VideoGradCAM
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, h, w) token-grid maps -> (T, H, W), bilinear with half-pixel centres (stays in [0, 1])."""
+    x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    out = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return out[:, 0].numpy()
+
+
+def head_groups(model, block: int = -1) -> dict[str, list[int]]:
+    """Head indices of each group of block ``block``: spatial (Δt = 0), temporal (Δt ≠ 0), all."""
+    blk = model.blocks[_block_index(model, block)]
+    offsets = tuple(getattr(blk.temporal, "offsets", (0,) * blk.num_heads))
+    return {"spatial": [i for i, o in enumerate(offsets) if o == 0],
+            "temporal": [i for i, o in enumerate(offsets) if o != 0],
+            "all": list(range(blk.num_heads))}
+
+
+def _block_index(model, block: int) -> int:
+    n = len(model.blocks)
+    if not -n <= int(block) < n:
+        raise IndexError(f"block {block} out of range: the model has {n} blocks (0..{n - 1}, or -1 for the last)")
+    return int(block) % n
+
+
+def _grid(model) -> tuple[int, int]:
+    grid = getattr(model.visual, "grid_size", None)
+    if grid is not None:
+        return (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (int(grid), int(grid))
+    n = model.visual.positional_embedding.shape[0] - 1
+    side = int(round(math.sqrt(n)))
+    return side, side
+
+
+@contextlib.contextmanager
+def _frozen(model):
+    """Freeze every parameter (and eval mode) for the duration; restore flags and mode after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: int = -1,
+            groups: Iterable[str] = GROUPS) -> dict[str, Any]:
+    """Grad-CAM of one clip for the spatial, temporal and all heads of one block.
+
+    Args:
+        model: a ``ZeroI2V`` (with adapters or merged).
+        video: one normalised clip, (1, C, T, H, W) or (C, T, H, W).
+        target_class: class to explain; None = the model's top prediction.
+        block: which block (negative counts from the end; -1 = last, as in the paper's Fig. 3).
+        groups: subset of ``("spatial", "temporal", "all")`` to compute.
+
+    Returns a dict:
+        ``"spatial"``, ``"temporal"``, ``"all"``: float32 (T, H, W) maps in [0, 1] at the input
+        resolution, or None for an empty group (see ``messages``);
+        ``"target_class"`` (int), ``"class_name"`` (str or None), ``"probability"`` (softmax prob of
+        the explained class), ``"probs"`` (all classes), ``"block"`` (non-negative index),
+        ``"offsets"`` (Δt per head of that block), ``"heads"`` (head indices per group),
+        ``"messages"`` (group -> why it is empty or flat), ``"grid"`` (group -> the same maps at the
+        token grid, (T, h, w), before upsampling).
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    VideoGradCAM = _video_gradcam_class()
+
+    groups = tuple(groups)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown head group(s) {unknown}; groups are {GROUPS}")
+    if video.ndim == 4:
+        video = video.unsqueeze(0)
+    if video.ndim != 5 or video.shape[0] != 1:
+        raise ValueError(f"expected one clip (1, C, T, H, W) or (C, T, H, W), got shape {tuple(video.shape)}")
+    idx = _block_index(model, block)
+    blk = model.blocks[idx]
+    heads = head_groups(model, idx)
+    offsets = tuple(getattr(blk.temporal, "offsets", (0,) * blk.num_heads))
+    device = next(model.parameters()).device
+    video = video.detach().to(device=device, dtype=next(model.parameters()).dtype)
+    num_classes = model.head.out_features
+    if target_class is not None and not 0 <= int(target_class) < num_classes:
+        raise ValueError(f"target_class {target_class} out of range (model has {num_classes} classes)")
+
+    out: dict[str, Any] = {g: None for g in GROUPS}
+    messages: dict[str, str] = {}
+    grid_maps: dict[str, np.ndarray | None] = {g: None for g in GROUPS}
+    probs = None
+    with _frozen(model):
+        for g in groups:
+            if not heads[g]:
+                messages[g] = (f"block {idx} has no temporal heads (every Δt = 0): nothing to show"
+                               if g == "temporal" else
+                               f"block {idx} has no spatial heads (every head has Δt ≠ 0): nothing to show")
+                continue
+            grid = _grid(model)
+            cam = VideoGradCAM(model, [blk.v_probe], HeadsToVolume(heads[g], model.num_frames, grid), grid)
+            try:
+                targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
+                x = video.clone().requires_grad_(True)
+                maps = cam(input_tensor=x, targets=targets)
+                if probs is None:
+                    logits = cam.outputs.detach().float().cpu()[0]
+                    probs = torch.softmax(logits, dim=-1).numpy()
+                    if target_class is None:
+                        target_class = int(logits.argmax())
+            finally:
+                cam.activations_and_grads.release()
+            m = np.clip(np.nan_to_num(np.asarray(maps[0], dtype=np.float32)), 0.0, 1.0)
+            grid_maps[g] = m
+            m = np.clip(upsample(m, video.shape[-2:]), 0.0, 1.0)
+            out[g] = m
+            if not m.any():
+                messages[g] = f"Grad-CAM of the {g} heads is zero everywhere (no positive evidence for this class)"
+    if probs is None:  # every requested group was empty: still say what the model predicts
+        with torch.no_grad(), _frozen(model):
+            logits = model(video).float().cpu()[0]
+        probs = torch.softmax(logits, dim=-1).numpy()
+        target_class = int(logits.argmax()) if target_class is None else int(target_class)
+    names = getattr(model.cfg, "class_names", None)
+    out.update({
+        "target_class": int(target_class),
+        "class_name": names[int(target_class)] if names and int(target_class) < len(names) else None,
+        "probability": float(probs[int(target_class)]),
+        "probs": probs, "block": idx, "offsets": offsets, "heads": heads, "messages": messages,
+        "grid": grid_maps,
+    })
+    return out
+
+
+# ----------------------------------------------------------------------------------------- drawing
+def _resize(img: np.ndarray, hw: tuple[int, int], smooth: bool = True) -> np.ndarray:
+    import cv2
+    if img.shape[:2] == tuple(hw):
+        return img
+    return cv2.resize(img, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST)
+
+
+def overlay(frames: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
+    """Heat-map ``cam`` (T, h, w) in [0, 1] over ``frames`` uint8 (T, H, W, 3) -> uint8 (T, H, W, 3).
+
+    The map is resized (bilinear) to the frames when sizes differ; colours are OpenCV's JET, blended
+    by ``pytorch_grad_cam.utils.image.show_cam_on_image``.
+    """
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    frames = np.asarray(frames)
+    cam = np.asarray(cam, dtype=np.float32)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")
+    if cam.ndim != 3 or cam.shape[0] != frames.shape[0]:
+        raise ValueError(f"cam must be (T, h, w) with T={frames.shape[0]}, got {cam.shape}")
+    hw = frames.shape[1:3]
+    out = np.empty_like(frames, dtype=np.uint8)
+    for t in range(frames.shape[0]):
+        mask = np.clip(_resize(cam[t], hw), 0.0, 1.0)
+        out[t] = show_cam_on_image(frames[t].astype(np.float32) / 255.0, mask, use_rgb=True,
+                                   image_weight=image_weight)
+    return out
+
+
+def strip(frames: np.ndarray, cam: np.ndarray | None = None, height: int | None = None, gap: int = 2,
+          image_weight: float = 0.5) -> np.ndarray:
+    """T frames side by side as one uint8 image (H, T*W + (T-1)*gap, 3), optionally with a CAM overlay.
+
+    ``height`` scales every frame to that height first (bilinear), so a 32-pixel model input
+    displays at a readable size; the CAM is resized to the scaled frames before blending.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")
+    t, h, w, _ = frames.shape
+    if height is not None and height != h:
+        w = max(1, round(w * height / h))
+        h = int(height)
+        frames = np.stack([_resize(f, (h, w)) for f in frames])
+    if cam is not None:
+        frames = overlay(frames, cam, image_weight=image_weight)
+    canvas = np.full((h, t * w + (t - 1) * gap, 3), 255, dtype=np.uint8)
+    for i, f in enumerate(frames):
+        canvas[:, i * (w + gap): i * (w + gap) + w] = f
+    return canvas
+
+
+def to_uint8_frames(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised clip (C, T, H, W) (or (1, C, T, H, W)) back to uint8 frames (T, H, W, 3)."""
+    if video.ndim == 5:
+        video = video[0]
+    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
+    x = video.detach().float().cpu() * s + m
+    return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+
+
+# ------------------------------------------------------------------------------------ localisation
+def _box_masks(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel masks (T, H, W) of boxes (T, 4) = (x0, y0, x1, y1); a pixel is in when its centre is.
+
+    Rows with a NaN (object absent in that frame) are marked invalid.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (T, 4) as (x0, y0, x1, y1), got {boxes.shape}")
+    h, w = hw
+    ys = np.arange(h)[None, :, None] + 0.5
+    xs = np.arange(w)[None, None, :] + 0.5
+    x0, y0, x1, y1 = (boxes[:, i][:, None, None] for i in range(4))
+    with np.errstate(invalid="ignore"):
+        masks = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    valid = ~np.isnan(boxes).any(axis=1)
+    return masks, valid
+
+
+def mass_in_boxes(cam: np.ndarray, boxes: np.ndarray) -> float:
+    """Fraction of CAM mass inside the object's box, averaged over frames.
+
+    ``cam`` is (T, H, W) (non-negative); ``boxes`` is (T, 4) as (x0, y0, x1, y1) in the CAM's pixel
+    coordinates (x1, y1 exclusive; NaN rows = no object, skipped). Frames whose CAM is zero are
+    skipped. Compare with :func:`chance_in_boxes` (a uniform map scores exactly that).
+    Returns NaN when no frame counts.
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    if cam.ndim != 3 or len(cam) != len(boxes):
+        raise ValueError(f"cam must be (T, H, W) with one box per frame; got cam {cam.shape}, {len(boxes)} boxes")
+    masks, valid = _box_masks(boxes, cam.shape[1:])
+    fractions = []
+    for t in range(len(cam)):
+        total = cam[t].sum()
+        if valid[t] and total > 0:
+            fractions.append(float(cam[t][masks[t]].sum() / total))
+    return float(np.mean(fractions)) if fractions else float("nan")
+
+
+def chance_in_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> float:
+    """Chance level of :func:`mass_in_boxes`: box area / frame area, averaged over frames."""
+    masks, valid = _box_masks(boxes, hw)
+    if not valid.any():
+        return float("nan")
+    return float(masks[valid].reshape(int(valid.sum()), -1).mean(axis=1).mean())
+
+
+def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int, crop: int) -> np.ndarray:
+    """Map boxes from source-frame pixels through resize(short side) + centre crop to the model input."""
+    boxes = np.asarray(boxes, dtype=np.float64).copy()
+    h, w = src_hw
+    if h <= w:  # torchvision's resize of the short side: the long side is truncated, not rounded
+        nh, nw = short_side, int(short_side * w / h)
+    else:
+        nh, nw = int(short_side * h / w), short_side
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    boxes[:, [0, 2]] = boxes[:, [0, 2]] * (nw / w) - left
+    boxes[:, [1, 3]] = boxes[:, [1, 3]] * (nh / h) - top
+    return np.clip(boxes, 0, crop)
+
+
+# ------------------------------------------------------------------------------------ whole videos
+def sample_views(model, source, num_clips: int = 1, short_side: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Test views of a decoded video for ``model``: ``num_clips`` uniform clips, centre crop each.
+
+    ``source`` is a ``zeroi2v.data.decode.VideoSource``. The short side is resized to
+    ``short_side`` (default: the model's input size, so the centre crop keeps the whole short side).
+    Returns (views float (num_clips, C, T, H, W), frame indices int64 (num_clips, T)).
+    """
+    from zeroi2v.data.sampling import UniformSampler
+    from zeroi2v.data.transforms import TestTransform
+    size = model.image_size
+    indices = UniformSampler(model.num_frames, num_clips)(source.num_frames, train=False)
+    frames = source.get(indices.reshape(-1))  # one decode call, (num_clips*T, C, H, W)
+    transform = TestTransform(size=size, short_side=short_side or size, crops=1,
+                              mean=model.cfg.mean, std=model.cfg.std)
+    t = model.num_frames
+    views = torch.cat([transform(frames[i * t:(i + 1) * t]) for i in range(num_clips)])
+    return views, indices
+
+
+def explain_video(model, source, num_clips: int = 1, target_class: int | None = None, block: int = -1,
+                  display_height: int | None = 96, short_side: int | None = None) -> dict[str, Any]:
+    """Classify a video (mean softmax over ``num_clips`` views) and Grad-CAM its middle view.
+
+    ``source`` is a path or a ``VideoSource``. The explained class defaults to the top-1 of the
+    view-averaged prediction. Returns ``gradcam``'s dict plus ``"probs"`` (view-averaged),
+    ``"view_probability"`` (the explained class on the CAM view), ``"frames"`` (uint8 (T, H, W, 3),
+    the CAM view as the model saw it), ``"strips"`` (group -> uint8 image or None, plus
+    ``"frames"``), ``"indices"``, ``"video"`` (num_frames, fps, path) and ``"timings"`` in seconds
+    (decode: open + sample + decode + transform; inference: the forward pass over all views; cam:
+    Grad-CAM of the three groups + drawing).
+    """
+    t0 = time.perf_counter()
+    if isinstance(source, (str, Path)):
+        from zeroi2v.data.decode import open_video
+        source = open_video(source)
+    views, indices = sample_views(model, source, num_clips=num_clips, short_side=short_side)
+    t1 = time.perf_counter()
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probs = torch.softmax(model(views.to(device)).float(), dim=-1).mean(0).cpu().numpy()
+    finally:
+        model.train(was_training)
+    t2 = time.perf_counter()
+    target = int(probs.argmax()) if target_class is None else int(target_class)
+    cam_view = views[len(views) // 2]
+    result = gradcam(model, cam_view, target_class=target, block=block)
+    frames = to_uint8_frames(cam_view, model.cfg.mean, model.cfg.std)
+    strips = {"frames": strip(frames, height=display_height)}
+    for g in GROUPS:
+        strips[g] = None if result[g] is None else strip(frames, result[g], height=display_height)
+    t3 = time.perf_counter()
+    result.update({
+        "view_probability": result["probability"], "probability": float(probs[target]), "probs": probs,
+        "frames": frames, "strips": strips, "indices": indices,
+        "video": {"num_frames": int(source.num_frames), "fps": float(source.fps), "path": str(source.path)},
+        "timings": {"decode": t1 - t0, "inference": t2 - t1, "cam": t3 - t2, "total": t3 - t0},
+    })
+    return result
