@@ -33,15 +33,6 @@ def _moving_square(t: int, h: int, w: int, step: int = 2, colour=(255, 80, 0)) -
     return frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors on 2 shared cores: one intra-op thread is faster and steadier (see test_explain.py)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """A merged micro checkpoint with an examples/ folder beside it, and good and bad uploads."""

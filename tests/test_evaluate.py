@@ -21,15 +21,6 @@ PROBS = torch.tensor([
 LABELS = torch.tensor([0, 0, 1, 2, 2, 3])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared CPUs run several times faster on one intra-op thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_topk_accuracy_by_hand():
     assert topk_accuracy(PROBS, LABELS, 1) == pytest.approx(50.0)
     assert topk_accuracy(PROBS, LABELS, 2) == pytest.approx(50.0)

@@ -14,16 +14,6 @@ from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Micro models have tiny tensors: on 2 shared cores, 2 intra-op threads spin against other jobs and
-    # make a step ~10x slower (measured); one thread is both faster and steadier here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _micro(offsets="1x1,-1x1,0x4", seed=0, num_classes=5):
     torch.manual_seed(seed)
     m = create_model(backbone="zeroi2v-micro", num_classes=num_classes, num_frames=8, offsets=offsets,

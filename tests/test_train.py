@@ -20,15 +20,6 @@ from zeroi2v.train import NonFiniteLossError, load_checkpoint, lr_factor, main, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on shared CPUs run several times faster on one intra-op thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class NoisyClips(Dataset):
     """Fixed random clips plus augmentation noise from torch's global RNG (so RNG restore matters on
     resume); every 5th item reports one decode failure; ``poison`` turns the clips into NaN."""
