@@ -22,10 +22,9 @@ from torch.utils.checkpoint import checkpoint
 
 from zeroi2v.adapters import build_adapter, placement_slots
 from zeroi2v.backbones import build_visual, create_visual
+from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD
 from zeroi2v.stdha import STDHA, parse_offsets
 
-CLIP_MEAN = (122.769, 116.74, 104.04)
-CLIP_STD = (68.493, 66.63, 70.321)
 FINETUNE_MODES = ("adapters", "full", "linear_probe")
 
 
