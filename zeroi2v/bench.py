@@ -116,3 +116,136 @@ def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views
         report["latency_ms"] = {k: v * 1e3 for k, v in lat.items()}
         report["latency_ratio"] = {k: v / lat["plain"] for k, v in lat.items()}
     return report
+
+
+# --- The zero-cost benchmark (``zeroi2v bench`` and ``benchmarks/zero_cost.py`` both run this) ---
+
+TOLERANCE = 1.02
+"""The promise: merged latency / plain ViT latency <= 1.02."""
+
+
+def add_benchmark_arguments(ap) -> None:
+    """The benchmark's options, shared by the command line verb and the script."""
+    from pathlib import Path
+    ap.add_argument("--backbone", default="ViT-B-16", help="open_clip ViT name or zeroi2v-tiny/-micro (default ViT-B-16)")
+    ap.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    ap.add_argument("--batch", type=int, default=1, help="clips per forward (default 1)")
+    ap.add_argument("--views", type=int, default=3, help="views per video for GFLOPs, as in the paper (default 3)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed forwards per model, interleaved, after 2 warm-up rounds (default 5)")
+    ap.add_argument("--offsets", default="auto",
+                    help="Δt multiset or preset; auto: Table 11 K400 preset for ViT-B/L at 8/16/32 frames, else 1x1,-1x1")
+    ap.add_argument("--placement", default="4", help="adapter placement: 4, 6 or 3 (default 4)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (cuda when present)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="auto: bf16 on CUDA, fp32 on CPU. bf16 runs under torch.autocast")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
+    ap.add_argument("--check", action="store_true", help=f"exit 1 when merged / plain > {TOLERANCE}")
+
+
+def default_offsets(backbone: str, frames: int) -> str:
+    """The Table 11 K400 preset for ViT-B/L at 8/16/32 frames, else one head each way."""
+    from zeroi2v.backbones import get_model_config
+    from zeroi2v.stdha import PRESETS
+    vision = get_model_config(backbone)["vision_cfg"]
+    size = {12: "b", 16: "l"}.get(vision["width"] // vision.get("head_width", 64))
+    preset = f"k400_vit_{size}_{frames}"
+    return preset if preset in PRESETS else ("1x1,-1x1" if frames > 1 else "")
+
+
+def randomize_adapters(model: ZeroI2V, seed: int = 0) -> ZeroI2V:
+    """Random adapters and temporal embedding standing in for trained ones (fresh adapters are the
+    identity and merge trivially); cost does not depend on the values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters." in name or name == "temporal_embedding":
+                std = 0.5 / p.shape[1] ** 0.5 if p.ndim == 2 and ".adapters." in name else 0.02
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int = 1, views: int = 3,
+                        repeats: int = 5, offsets: str = "auto", placement: str = "4", device: str = "cpu",
+                        dtype: str = "auto", threads: int | None = None, seed: int = 0) -> dict:
+    """Plain ViT vs unmerged vs merged ZeroI2V on one input, in one process (see ``zero_cost_report``)."""
+    import platform
+    from zeroi2v.merge import merge_adapters
+    from zeroi2v.model import create_model
+    from zeroi2v.stdha import format_offsets
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device visible to torch")
+    dtype = dtype if dtype != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    offsets = default_offsets(backbone, frames) if offsets == "auto" else offsets
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model = randomize_adapters(create_model(backbone=backbone, num_classes=400, num_frames=frames,
+                                            offsets=offsets, adapter_placement=placement), seed)
+    merged = merge_adapters(model)
+    model, merged = model.to(dev), merged.to(dev)
+    size = model.image_size
+    video = torch.randn(batch, 3, frames, size, size, device=dev)
+    # bf16 through autocast: the plain ViT that zero_cost_report builds is float32, like the models here
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        gap = (model(video).float() - merged(video).float()).abs().max().item()
+        report = zero_cost_report(model, merged, video, views=views, repeats=repeats)
+    ratio = report["latency_ratio"]["merged"]
+    return {
+        "setup": {"backbone": backbone, "frames": frames, "image_size": size, "batch": batch, "views": views,
+                  "repeats": repeats, "warmup": 2, "offsets": format_offsets(model.offsets[0]), "placement": placement,
+                  "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+                  "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "torch": torch.__version__,
+                  "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        **report,
+        "merge_max_abs_logit_diff": gap,
+        "verdict": {"merged_over_plain": ratio, "tolerance": TOLERANCE, "pass": ratio <= TOLERANCE},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def format_zero_cost(r: dict) -> str:
+    """The benchmark as a table: params, GFLOPs x views, latency and its ratio to the plain ViT."""
+    s = r["setup"]
+    where = f"{s['device']} ({s['gpu']})" if s["gpu"] else f"{s['device']}, {s['threads']} threads"
+    lines = [f"ZeroI2V zero-cost benchmark: {s['backbone']}, {s['frames']} frames x {s['image_size']} px, batch {s['batch']}, "
+             f"{s['dtype']}, {where}",
+             f"Δt = {{{s['offsets']}}} in every layer, adapters: placement {s['placement']}; "
+             f"latency = median of {s['repeats']} interleaved runs",
+             "",
+             f"{'model':18} {'params (M)':>11} {'GFLOPs x' + str(s['views']):>11} {'latency (ms)':>13} {'/ plain':>8}"]
+    labels = {"plain": "plain ViT", "unmerged": "ZeroI2V unmerged", "merged": "ZeroI2V merged"}
+    for key, label in labels.items():
+        lines.append(f"{label:18} {r['params'][key] / 1e6:11.3f} {r['gflops'][key]:11.4g} "
+                     f"{r['latency_ms'][key]:13.1f} {r['latency_ratio'][key]:8.3f}")
+    extra = r["params"]["merged"] - r["params"]["plain"]
+    lines += ["",
+              f"params: merged = plain backbone + temporal embedding {r['params']['temporal_embedding']:,d} "
+              f"+ classifier {r['params']['classifier']:,d}"
+              if extra == r["params"]["temporal_embedding"] + r["params"]["classifier"]
+              else f"merged - plain params: {extra:,d} (expected temporal embedding + classifier!)",
+              f"merge exactness: max |logit(unmerged) - logit(merged)| = {r['merge_max_abs_logit_diff']:.1e}",
+              f"verdict: merged / plain latency = {r['verdict']['merged_over_plain']:.3f} "
+              f"{'<=' if r['verdict']['pass'] else '>'} {TOLERANCE}  ->  {'PASS' if r['verdict']['pass'] else 'FAIL'}"]
+    return "\n".join(lines)
+
+
+def run_benchmark_cli(args) -> int:
+    """Run with parsed ``add_benchmark_arguments`` options: print the table, write JSON, apply --check."""
+    import json
+    result = zero_cost_benchmark(args.backbone, args.frames, args.batch, args.views, args.repeats, args.offsets,
+                                 args.placement, args.device, args.dtype, args.threads, args.seed)
+    print(format_zero_cost(result))
+    print(f"({result['seconds']:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 1 if args.check and not result["verdict"]["pass"] else 0

@@ -190,52 +190,14 @@ def cmd_predict(a):
 
 
 def _add_bench(sub):
+    from zeroi2v.bench import add_benchmark_arguments, run_benchmark_cli
     p = sub.add_parser("bench", help="params, GFLOPs and latency: plain ViT vs unmerged vs merged",
                        description="Measure, in one process, params, GFLOPs (x views) and forward latency "
                                    "of the plain image ViT, the unmerged and the merged ZeroI2V model on "
-                                   "the same input; latency printed as ratios to the plain ViT.")
-    p.add_argument("--backbone", default="ViT-B-16")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--offsets", default="1x1,-1x1", help="Δt multiset or preset")
-    p.add_argument("--views", type=int, default=3, help="views the GFLOPs are multiplied by")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", default=None, help="also write the numbers to this file")
-    p.set_defaults(func=cmd_bench)
-
-
-def cmd_bench(a):
-    import torch
-    from zeroi2v.bench import zero_cost_report
-    from zeroi2v.merge import merge_adapters
-    from zeroi2v.model import create_model
-    torch.manual_seed(0)
-    model = create_model(backbone=a.backbone, num_classes=400, num_frames=a.frames, offsets=a.offsets).eval()
-    with torch.no_grad():  # trained-looking adapters, so merging has something to fold
-        for n, p in model.named_parameters():
-            if ".adapters." in n:
-                p.normal_(0, 0.02)
-    model = model.to(a.device)
-    merged = merge_adapters(model)
-    size = model.image_size
-    video = torch.randn(1, 3, a.frames, size, size, device=a.device)
-    report = zero_cost_report(model, merged, video, views=a.views, repeats=a.repeats)
-    print(format_report(report, f"{a.backbone}, {a.frames} frames, batch 1, {a.device}"))
-    if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=1))
-
-
-def format_report(r: dict, title: str) -> str:
-    rows = [f"zero extra cost — {title}", f"{'model':10s} {'params':>14s} {'GFLOPs':>10s} {'ms':>10s} {'ratio':>7s}"]
-    for name in ("plain", "unmerged", "merged"):
-        ms = r.get("latency_ms", {}).get(name)
-        ratio = r.get("latency_ratio", {}).get(name)
-        rows.append(f"{name:10s} {r['params'][name]:>14,d} {r['gflops'][name]:>10.2f} "
-                    f"{ms if ms is None else f'{ms:10.1f}':>10} {ratio if ratio is None else f'{ratio:7.3f}':>7}")
-    if "latency_ratio" in r:
-        ok = r["latency_ratio"]["merged"] <= 1.02
-        rows.append(f"merged / plain latency = {r['latency_ratio']['merged']:.3f} ({'≤' if ok else '>'} 1.02)")
-    return "\n".join(rows)
+                                   "the same input; latency printed as ratios to the plain ViT "
+                                   "(same as benchmarks/zero_cost.py).")
+    add_benchmark_arguments(p)
+    p.set_defaults(func=run_benchmark_cli)
 
 
 def _add_quickstart(sub):
