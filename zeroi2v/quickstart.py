@@ -147,12 +147,12 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
 
     # 4. merge, test, measure
     from zeroi2v.bench import zero_cost_report
-    from zeroi2v.evaluate import evaluate, save_results
+    from zeroi2v.evaluate import metrics_from_probs, save_results
     from zeroi2v.merge import merge_adapters, save_merged
     with _stage(timings, "merge and test", log):
         merged = merge_adapters(models["zeroi2v"])
-        merged_result = evaluate(merged, test_set, batch_size=16)
-        agreement, max_diff = _compare(models["zeroi2v"], merged, test_set)
+        agreement, max_diff, merged_probs, labels = _compare(models["zeroi2v"], merged, test_set)
+        merged_result = metrics_from_probs(merged_probs, labels, len(classes))
         save_results(merged_result, out / "runs" / "zeroi2v_merged", classes)
     with _stage(timings, "efficiency", log):
         clip = torch.randn(1, 3, s.num_frames, s.size, s.size)
@@ -262,16 +262,19 @@ def _train_child(cfg: Config, train_set, test_set) -> None:
 
 
 @torch.no_grad()
-def _compare(model, merged, dataset) -> tuple[float, float]:
-    """Prediction agreement and the largest |logit difference| of two models on every test view."""
-    same, total, max_diff = 0, 0, 0.0
+def _compare(model, merged, dataset):
+    """Two models on every test view (views averaged as probabilities, as ``evaluate`` does): prediction
+    agreement, the largest |logit difference|, and the merged model's probabilities and the labels."""
+    same, max_diff, merged_probs, labels = 0, 0.0, [], []
     for i in range(len(dataset)):
-        views = dataset[i]["video"]
-        a, b = model(views), merged(views)
+        item = dataset[i]
+        a, b = model(item["video"]), merged(item["video"])
         max_diff = max(max_diff, (a - b).abs().max().item())
-        same += int(a.softmax(-1).mean(0).argmax() == b.softmax(-1).mean(0).argmax())
-        total += 1
-    return same / total, max_diff
+        pa, pb = a.softmax(-1).mean(0), b.softmax(-1).mean(0)
+        same += int(pa.argmax() == pb.argmax())
+        merged_probs.append(pb)
+        labels.append(item["label"])
+    return same / len(dataset), max_diff, torch.stack(merged_probs), torch.tensor(labels)
 
 
 def _by_kind(result: dict, classes: list[str], kinds: dict[str, str]) -> dict[str, float]:
