@@ -576,15 +576,15 @@ TRAIN_NB = [
 
     Six classes of the two kinds in `zeroi2v.data.synthetic`. *Order* classes (`move_left`,
     `move_right`) are each other played backwards: the same bag of frames, so frame averaging alone
-    cannot separate them, but a temporal embedding can. *Relation* classes (`colour_same` /
-    `colour_flicker`, `fast` / `slow`) look the same frame by frame; only how neighbouring frames
-    relate tells them apart, which is what STDHA's shifted heads read. The set is written as real MP4s
+    cannot separate them, but a temporal embedding can. *Relation* classes (`still`, `slow`, `fast`,
+    `jitter`: an object that stays, drifts, races or jumps about) look the same frame by frame; only how
+    neighbouring frames relate tells them apart, which is what STDHA's shifted heads read. The set is written as real MP4s
     with `train.txt`/`test.txt` lists, `classes.txt` and `kinds.json`.
     """),
     code(r'''
     from zeroi2v.data import make_synthetic_videos, open_video
 
-    CLASSES = ["move_left", "move_right", "colour_same", "colour_flicker", "fast", "slow"]
+    CLASSES = ["move_left", "move_right", "still", "slow", "fast", "jitter"]
     PER_CLASS = {"train": 6, "test": 2} if SMALL else {"train": 60, "test": 20}
     VIDEO_FRAMES, SIZE, FRAMES = 16, 32, 8  # frames per video, pixels, frames the model reads
 
@@ -655,8 +655,9 @@ TRAIN_NB = [
     horizontal flip that also swaps `move_left` ↔ `move_right` (`flip_label_map`), and for testing
     two temporal clips per video (multi-view). Decoded videos are cached in memory.
 
-    The config is plain dataclasses. ZeroI2V uses $\\Delta t = \\{1, -1\\}$ on two heads of every layer
-    (the rest stay spatial) plus linear adapters (placement 4), a temporal embedding and the head; the
+    The config is plain dataclasses. ZeroI2V uses $\\Delta t = \\{1 \\cdot 2, -1 \\cdot 2\\}$: four of the
+    eight heads of every layer look one frame ahead or back (the rest stay spatial; the quickstart's
+    choice for this tiny, mostly temporal task, see `QuickstartSettings.offsets`) plus linear adapters (placement 4), a temporal embedding and the head; the
     frozen image weights never change. The baseline is the same model with `offsets=None` (every
     $\\Delta t = 0$) and the same budget. `train` writes each run folder (`config.yaml`, `log.csv`,
     `checkpoint.pt`, `results/`) and tests on `test_set` after the last epoch.
@@ -693,7 +694,7 @@ TRAIN_NB = [
                       test=TestConfig(clips=TEST_CLIPS, crops=1, batch_size=8))
 
 
-    RUNS = {"zeroi2v": "1x1,-1x1", "no_stdha": None}
+    RUNS = {"zeroi2v": "1x2,-1x2", "no_stdha": None}
     runs = {}
     for name, offsets in RUNS.items():
         cfg = make_config(name, offsets)

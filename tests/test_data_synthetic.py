@@ -11,7 +11,7 @@ from zeroi2v.data.synthetic import PALETTE, SHAPES, make_clip, render, random_ba
 
 T, S, N = 16, 32, 400
 RELATION_PAIRS = [("colour_change", "colour_same"), ("fast", "slow"), ("move_then_stop", "stop_then_move"),
-                  ("return", "keep_going")]
+                  ("return", "keep_going"), ("still", "jitter"), ("still", "fast"), ("colour_same", "colour_flicker")]
 ORDER_PAIRS = [("move_left", "move_right"), ("move_up", "move_down"), ("grow", "shrink"),
                ("rotate_cw", "rotate_ccw")]
 

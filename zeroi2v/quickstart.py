@@ -42,10 +42,12 @@ class QuickstartSettings:
     images: int = 8000
     pretrain_epochs: int = 6
     classes: tuple = ("move_left", "move_right", "move_up", "move_down", "grow", "shrink",
-                      "colour_same", "colour_flicker", "jitter", "fast", "slow")
-    """Six *order* classes (mirror pairs) and five *relation* classes whose relation shows in every pair
-    of neighbouring frames. Relations that show in one frame pair only (a single colour change, a stop)
-    were not learnt in a few CPU minutes by any variant we tried."""
+                      "still", "slow", "fast", "jitter")
+    """Six *order* classes (mirror pairs) and four *relation* classes, a motion family whose frames all
+    look alike and whose relation shows in every pair of neighbouring frames (how far the object goes).
+    Not here, because no variant we tried learnt them in a few CPU minutes: relations shown by one frame
+    pair only (a single colour change, a stop), and colour_flicker vs colour_same (0.33-0.60 after 8
+    epochs: comparing two colours takes far longer to learn than comparing two positions)."""
     videos_per_class: tuple = (300, 30)
     """Synthetic videos per class for train and test. Many short clips matter more than epochs: with 80
     per class the adapters memorised the relation classes; with 400 they learnt the relation."""
@@ -53,9 +55,11 @@ class QuickstartSettings:
     size: int = 32
     num_frames: int = 8
     """Frames the video model reads: every frame of the 8-frame videos."""
-    offsets: str = "1x1,-1x1"
-    """Δt: 2 of the 8 heads temporal (the paper's 1/6-1/4 of the heads)."""
-    epochs: int = 6
+    offsets: str = "1x2,-1x2"
+    """Δt: 4 of the 8 heads temporal. The paper's best share on SSv2 is 1/6-1/4 (Table 1b), with half
+    (its {1·3, -1·3, 0·6}) 0.4 points behind; on this synthetic set, where the task is mostly temporal and
+    heads are only 16 wide, half measured better: top-1 0.87 against 0.77-0.79 at 2 heads (6 epochs)."""
+    epochs: int = 7
     probe_epochs: int = 3
     batch_size: int = 16
     """Clips per optimiser step: at a fixed compute budget, more (smaller) steps learnt more (measured)."""

@@ -23,8 +23,11 @@ Two kinds of classes, chosen for what they let a model without cross-frame atten
   frame-averaged features (ZeroI2V's head without STDHA) gets no signal from it: only second-order effects
   (e.g. a slow object's positions are more concentrated than a fast one's) remain, and they are weak.
   The classes differ only in how frames relate to each other — exactly what attention to neighbouring
-  frames (STDHA's shifted heads) reads. Fast and slow go further: with speeds S/T and 3·S/T per axis (and
-  T not a multiple of 3) both visit the same lattice of positions, so even the bag of frames is identical.
+  frames (STDHA's shifted heads) reads. Relations that show in every pair of neighbouring frames (still /
+  slow / fast / jitter: how far the object goes from one frame to the next; colour_same / colour_flicker)
+  are learnt far sooner than those that show in one pair only (a single colour change, a stop). Fast and
+  slow go further: with speeds S/T and 3·S/T per axis (and T not a multiple of 3) both visit the same
+  lattice of positions, so even the bag of frames is identical.
 
 Speeds are per axis in pixels per frame, in units of u = size / num_frames (2 px at 32 px, 16 frames):
 keep-going / return 0.5u, slow and move/stop 1u, fast 3u; relation objects move diagonally so none of them
@@ -267,9 +270,13 @@ def colour_change(rng, t, size):
     return o
 
 
-@register("colour_same", "relation")
-def colour_same(rng, t, size):
+@register("still", "relation")
+def still(rng, t, size):
+    """Stays put: the reference of the motion family (slow, fast, jitter), whose frames look the same."""
     return _diagonal(rng, t, size, np.zeros(t))
+
+
+register("colour_same", "relation")(still)  # the same clips, named as colour_change's partner
 
 
 @register("colour_flicker", "relation")
