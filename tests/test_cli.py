@@ -106,7 +106,10 @@ def test_quickstart_fast_smoke(tmp_path):
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert saved["top1"] == report["top1"]
     merged = load_merged(tmp_path / "qs" / "merged")
-    assert merged.cfg.class_names and len(list((tmp_path / "qs" / "examples").glob("*.mp4"))) >= 1
+    examples = sorted((tmp_path / "qs" / "examples").glob("*.mp4"))
+    kinds = json.loads((tmp_path / "qs" / "videos" / "kinds.json").read_text())
+    assert merged.cfg.class_names and len(examples) == 2  # FAST: 2 examples, spread over the class list
+    assert {kinds[e.stem.rsplit("_", 1)[0]] for e in examples} == {"order", "relation"}
     with torch.no_grad():
         assert merged(torch.zeros(1, 3, 8, 32, 32)).shape == (1, len(report["settings"]["classes"]))
     # a second run reuses the image model and the videos

@@ -272,7 +272,7 @@ def colour_change(rng, t, size):
 
 @register("still", "relation")
 def still(rng, t, size):
-    """Stays put: the reference of the motion family (slow, fast, jitter), whose frames look the same."""
+    """Stays put: the reference of the motion family (still, slow, fast, jitter), alike frame by frame."""
     return _diagonal(rng, t, size, np.zeros(t))
 
 
