@@ -299,18 +299,22 @@ def jitter(rng, t, size):
     return o
 
 
+def _steady(rng, t, size, units: float) -> ObjectTrack:
+    """Moves `units` u (u = size / t) per frame and axis along a random diagonal, all clip long."""
+    speed = units * size / t
+    o = _diagonal(rng, t, size, speed * np.arange(t))
+    o.params.update(speed=speed)
+    return o
+
+
 @register("fast", "relation")
 def fast(rng, t, size):
-    o = _diagonal(rng, t, size, 3 * size / t * np.arange(t))
-    o.params.update(speed=3 * size / t)
-    return o
+    return _steady(rng, t, size, 3)
 
 
 @register("slow", "relation")
 def slow(rng, t, size):
-    o = _diagonal(rng, t, size, size / t * np.arange(t))
-    o.params.update(speed=size / t)
-    return o
+    return _steady(rng, t, size, 1)
 
 
 @register("move_then_stop", "relation")
@@ -336,9 +340,7 @@ def return_to_start(rng, t, size):
 
 @register("keep_going", "relation")
 def keep_going(rng, t, size):
-    o = _diagonal(rng, t, size, 0.5 * size / t * np.arange(t))
-    o.params.update(speed=0.5 * size / t)
-    return o
+    return _steady(rng, t, size, 0.5)
 
 
 DEFAULT_CLASSES = ("move_left", "move_right", "move_up", "move_down", "grow", "shrink", "rotate_cw",
