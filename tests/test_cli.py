@@ -130,6 +130,22 @@ train: {{batch_size: 2, total_batch: 2, out_dir: {out_dir}, progress: false, dev
     return str(path)
 
 
+def test_train_refuses_a_run_folder_with_work_and_force_overwrites(synthetic, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _train_yaml(tmp_path / "cfg.yaml", synthetic, synthetic / "train.txt", run)
+    assert main(["train", cfg]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", cfg, "--set", "optim.lr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run) in err and "--resume" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["train", cfg, "--set", "optim.lr=1e-3", "--force"]) == 0
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit):  # argparse: not allowed with each other
+        main(["train", cfg, "--resume", "--force"])
+
+
 def test_train_on_undecodable_videos_with_workers_is_one_line(tmp_path, capsys):
     for i in range(4):
         (tmp_path / f"v{i}.mp4").write_text("not a video")
