@@ -116,3 +116,44 @@ def test_quickstart_fast_smoke(tmp_path):
     again = run_quickstart(tmp_path / "qs", fast=True, log=lambda *_: None)
     assert again["stage_seconds"]["image model"] < report["stage_seconds"]["image model"] + 1
     assert (tmp_path / "qs" / "image_model" / "pretrain.json").is_file()
+
+
+# --- train: run folders and data errors (issue 9: D4, D7) ----------------------------------------------
+
+def _train_yaml(path, root, train_ann, out_dir, workers=0):
+    path.write_text(f"""
+model: {{backbone: zeroi2v-micro, num_classes: 3, num_frames: 4, offsets: "1x1,-1x1"}}
+data: {{format: mmaction, root: {root}, train_ann: {train_ann}, randaugment: null, short_side: 32, workers: {workers}}}
+optim: {{epochs: 1, warmup_epochs: 0}}
+train: {{batch_size: 2, total_batch: 2, out_dir: {out_dir}, progress: false, device: cpu}}
+""")
+    return str(path)
+
+
+def test_train_refuses_a_run_folder_with_work_and_force_overwrites(synthetic, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _train_yaml(tmp_path / "cfg.yaml", synthetic, synthetic / "train.txt", run)
+    assert main(["train", cfg]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", cfg, "--set", "optim.lr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run) in err and "--resume" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(["train", cfg, "--set", "optim.lr=1e-3", "--force"]) == 0
+    assert "lr: 0.001" in (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit):  # argparse: not allowed with each other
+        main(["train", cfg, "--resume", "--force"])
+
+
+def test_train_on_undecodable_videos_with_workers_is_one_line(tmp_path, capsys):
+    for i in range(4):
+        (tmp_path / f"v{i}.mp4").write_text("not a video")
+    (tmp_path / "train.txt").write_text("".join(f"v{i}.mp4 {i % 3}\n" for i in range(4)))
+    cfg = _train_yaml(tmp_path / "cfg.yaml", tmp_path, tmp_path / "train.txt", tmp_path / "run", workers=1)
+    assert main(["train", cfg]) == 2
+    err = capsys.readouterr().err
+    # per-video notices may come first (logged once per file); the error itself is one line
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("skipping undecodable video")]
+    assert len(lines) == 1 and lines[0].startswith("zeroi2v train: error: ") and "Traceback" not in err
+    assert "decode failures" in lines[0] and str(tmp_path) in lines[0]

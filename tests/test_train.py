@@ -245,3 +245,67 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert facts[0]["val_top1"] == facts[1]["val_top1"]
     assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "checkpoint.pt").is_file()
     assert not math.isnan(facts[0]["val_top1"])
+
+
+# --- run folders: never overwritten by accident, honest resumes (issue 9: D4, D5, D6) -------------------
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_refused_without_resume_and_overwritten_with_force(tmp_path):
+    run = tmp_path / "run"
+    train(micro_cfg(run), train_set=NoisyClips(28), val_set=NoisyClips(6, seed=1))
+    before = _snapshot(run)
+    assert {"checkpoint.pt", "log.csv", "config.yaml", "results/val.json"} <= set(before)
+    again = micro_cfg(run, "optim.epochs=1")
+    with pytest.raises(ValueError, match=r"already holds.*--resume.*--force.*train\.out_dir") as e:
+        train(again, train_set=NoisyClips(28))
+    assert str(run) in str(e.value) and "\n" not in str(e.value)
+    assert _snapshot(run) == before  # byte-identical: nothing was written
+    result = train(again, force=True, train_set=NoisyClips(28))
+    steps = result["steps_per_epoch"]
+    assert result["finished"] and load_checkpoint(run / "checkpoint.pt")["global_step"] == steps
+    assert [int(r["step"]) for r in read_log(run) if r["kind"] == "train"] == list(range(1, steps + 1))
+    assert load_config(run / "config.yaml") == again
+    assert not (run / "results").exists()  # the previous run's results went with it: no mixed folder
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(again, resume=True, force=True, train_set=NoisyClips(28))
+    (tmp_path / "empty").mkdir()  # an empty folder holds no work
+    assert train(micro_cfg(tmp_path / "empty", "train.max_steps=1"), train_set=NoisyClips(28))["stopped_at_max_steps"]
+
+
+def test_a_failed_start_leaves_the_previous_run_intact(tmp_path):
+    run = tmp_path / "run"
+    train(micro_cfg(run, "optim.epochs=1"), train_set=NoisyClips(28))
+    before = _snapshot(run)
+    missing = tmp_path / "missing.txt"
+    bad_path = micro_cfg(run, "optim.epochs=1", f"data.train_ann={missing}")
+    other_run = micro_cfg(run, "optim.epochs=1", "model.num_classes=5", f"data.train_ann={missing}")
+    for cfg, kwargs in ((other_run, {}), (other_run, {"force": True}), (bad_path, {"resume": True})):
+        with pytest.raises((OSError, ValueError)):
+            train(cfg, **kwargs)
+        assert _snapshot(run) == before, kwargs
+    from zeroi2v.train import load_run
+    assert load_run(run).head.out_features == 3  # config.yaml still matches checkpoint.pt
+
+
+def test_a_resume_with_changed_run_settings_is_refused(tmp_path):
+    run = tmp_path / "run"
+    first = train(micro_cfg(run, "train.max_steps=3"), train_set=NoisyClips(28))
+    assert first["stopped_at_max_steps"] and first["steps_per_epoch"] == 4  # 7 micro-batches, accumulation 2
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match=r"train\.batch_size 4 -> 2") as e:
+        train(micro_cfg(run, "train.batch_size=2", "train.total_batch=4"), resume=True, train_set=NoisyClips(28))
+    assert "train.total_batch 8 -> 4" in str(e.value) and "train.out_dir" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"optim\.epochs 2 -> 3"):  # a longer cosine schedule
+        train(micro_cfg(run, "optim.epochs=3"), resume=True, train_set=NoisyClips(28))
+    with pytest.raises(ValueError, match=r"steps per epoch 4 -> 3"):  # 20 clips: 5 micro-batches, 3 steps
+        train(micro_cfg(run), resume=True, train_set=NoisyClips(20))
+    with pytest.raises(ValueError, match=r"training clips 28 -> 29"):  # same steps, another data order
+        train(micro_cfg(run), resume=True, train_set=NoisyClips(29))
+    assert _snapshot(run) == before
+    # settings that do not change the run (logging, workers, testing) may differ
+    resumed = train(micro_cfg(run, "train.log_every=5", "test.crops=1"), resume=True, train_set=NoisyClips(28))
+    assert resumed["finished"] and resumed["global_step"] == 2 * first["steps_per_epoch"]

@@ -70,14 +70,15 @@ def _add_train(sub):
     p.add_argument("config", help="YAML config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint.pt")
+    from zeroi2v.run_folder import add_run_folder_arguments
+    add_run_folder_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(a):
     from zeroi2v.config import load_config
     from zeroi2v.train import train
-    result = train(load_config(a.config, a.overrides), resume=a.resume)
+    result = train(load_config(a.config, a.overrides), resume=a.resume, force=a.force)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, type(None)))}, indent=1))
     return 0 if result.get("finished") or result.get("stopped_at_max_steps") else 1
 

@@ -285,10 +285,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write ``cfg`` as YAML (loads back to an equal Config)."""
+    """Write ``cfg`` as YAML (loads back to an equal Config), atomically: a temporary file, then ``os.replace``."""
+    from zeroi2v.merge import _atomic_write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     return path
 
 

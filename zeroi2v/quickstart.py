@@ -237,7 +237,8 @@ def _train_runs(configs: dict[str, Config], train_set, test_set, parallel: bool)
     """Train each config; returns {name: (trained model, test summary)} read back from the run folders.
 
     With ``parallel`` the runs go to forked processes (the decoded-video cache is shared copy-on-write),
-    one thread each: on 2 cores two 1-thread runs take about as long as one.
+    one thread each: on 2 cores two 1-thread runs take about as long as one. The quickstart owns its run
+    folders: a re-run trains them again over the previous runs (``force``).
     """
     from zeroi2v.train import load_run, train
     if parallel and len(configs) > 1 and hasattr(os, "fork"):
@@ -253,7 +254,7 @@ def _train_runs(configs: dict[str, Config], train_set, test_set, parallel: bool)
                                    f"{configs[name].train.out_dir}")
     else:
         for cfg in configs.values():
-            train(cfg, train_set=train_set, test_set=test_set)
+            train(cfg, train_set=train_set, test_set=test_set, force=True)
     out = {}
     for name, cfg in configs.items():
         run = Path(cfg.train.out_dir)
@@ -264,7 +265,7 @@ def _train_runs(configs: dict[str, Config], train_set, test_set, parallel: bool)
 def _train_child(cfg: Config, train_set, test_set) -> None:
     torch.set_num_threads(1)
     from zeroi2v.train import train
-    train(cfg, train_set=train_set, test_set=test_set)
+    train(cfg, train_set=train_set, test_set=test_set, force=True)
 
 
 @torch.no_grad()

@@ -13,6 +13,8 @@ written atomically) and ``results/`` (validation/test metrics and confusion matr
 Resuming (``resume=True``) restores model, optimiser, scheduler, loss scaler, every RNG and the position
 inside the epoch, so a killed run continues exactly where its last checkpoint was written. A NaN or
 infinite loss stops the run before the weights are touched; the last good checkpoint stays on disk.
+A folder that already holds a run is never overwritten without ``force``, a resume that changes the run
+is refused, and ``config.yaml`` is written only when the run starts (``zeroi2v.run_folder``).
 """
 from __future__ import annotations
 
@@ -37,11 +39,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from zeroi2v.config import Config, ModelConfig, save_config
+from zeroi2v.config import Config, ModelConfig
 from zeroi2v.evaluate import evaluate, save_results, summary
 from zeroi2v.model import create_model
+from zeroi2v.run_folder import (CHECKPOINT, add_run_folder_arguments, check_fresh_start, check_resume, config_changes,
+                                fact_changes, start_run)
 
-CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("kind", "epoch", "step", "loss", "lr", "val_top1", "val_top5", "clips_per_s", "decode_failures", "time_s")
 EMBEDDINGS = ("temporal_embedding", "visual.class_embedding", "visual.positional_embedding")
 """Parameters that never get weight decay although they are not 1-D."""
@@ -325,48 +328,58 @@ class RunLog:
 
 def train(cfg: Config, resume: bool = False, model: nn.Module | None = None, train_set: Dataset | None = None,
           val_set: Dataset | None = None, callbacks: Sequence[Callback] | None = None,
-          test_set: Dataset | None = None) -> dict[str, Any]:
+          test_set: Dataset | None = None, force: bool = False) -> dict[str, Any]:
     """Train ``cfg``; returns a summary dict (see the end of ``_train``).
 
     Args:
         cfg: the run (``zeroi2v.config.load_config``).
-        resume: continue from ``<out_dir>/checkpoint.pt`` when it exists (otherwise start afresh).
+        resume: continue from ``<out_dir>/checkpoint.pt`` when it exists (otherwise start afresh); refused
+            when a run-defining setting or the number of training clips differs from the checkpoint's.
+        force: start afresh even when ``out_dir`` already holds a run, removing that run's files (without
+            it such a folder is refused: see ``zeroi2v.run_folder``).
         model: a ready model (e.g. built from local weights); default ``create_model(cfg.model)``.
         train_set, val_set, test_set: ready data sets (items ``{"video", "label", ...}`` dicts or
             ``(video, label)`` pairs); when ``train_set`` is None all three come from ``cfg.data``.
         callbacks: ``callback(event, info)`` functions, see ``Callback``.
     """
     cfg.validate()
+    if resume and force:
+        raise ValueError("resume and force exclude each other: resume continues the run in train.out_dir, "
+                         "force replaces it")
     env = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, env, resume, model, train_set, val_set, test_set, list(callbacks or []))
+        return _train(cfg, env, resume, force, model, train_set, val_set, test_set, list(callbacks or []))
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: Config, env: DistEnv, resume: bool, model: nn.Module | None, train_set, val_set, test_set,
-           callbacks: list[Callback]) -> dict[str, Any]:
+def _train(cfg: Config, env: DistEnv, resume: bool, force: bool, model: nn.Module | None, train_set, val_set,
+           test_set, callbacks: list[Callback]) -> dict[str, Any]:
+    say = print if env.main else (lambda *a, **k: None)
+    if isinstance(getattr(model, "cfg", None), ModelConfig) and model.cfg != cfg.model:
+        say("[zeroi2v] note: the model passed in differs from cfg.model; config.yaml records the model's own config")
+        cfg = dataclasses.replace(cfg, model=model.cfg)
     o, t = cfg.optim, cfg.train
     device, is_cuda = env.device, env.device.type == "cuda"
     out = Path(t.out_dir)
-    say = print if env.main else (lambda *a, **k: None)
     ckpt_path = out / CHECKPOINT
+    # The run folder is checked before anything is built or written (every rank reads; rank 0 writes only
+    # after the DDP constructor's collectives, i.e. once every rank has passed these checks).
     ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
-    if resume and ckpt is None:
-        say(f"[zeroi2v] resume: no checkpoint at {ckpt_path}, starting from scratch")
+    previous: list[str] = []
+    if ckpt is None:
+        previous = check_fresh_start(out, cfg, force, resume)
+        if resume:
+            say(f"[zeroi2v] resume: no checkpoint at {ckpt_path}, starting from scratch")
+    else:
+        check_resume(out, config_changes(ckpt.get("config"), cfg.to_dict()))
 
     # Model: the same initial weights on every rank (seed), then per-rank streams for dropout/augmentation.
     seed_everything(t.seed, t.deterministic)
     if model is None:
         model = create_model(cfg.model)
-    elif isinstance(getattr(model, "cfg", None), ModelConfig) and model.cfg != cfg.model:
-        say("[zeroi2v] note: the model passed in differs from cfg.model; config.yaml records the model's own config")
-        cfg = dataclasses.replace(cfg, model=model.cfg)
     model.to(device)
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / ("config.resumed.yaml" if ckpt is not None else "config.yaml"))
     if train_set is None:
         train_set, val_set, test_set = build_datasets(cfg, getattr(model, "image_size", 224))
     if train_set is None:
@@ -393,6 +406,9 @@ def _train(cfg: Config, env: DistEnv, resume: bool, model: nn.Module | None, tra
         say(f"[zeroi2v] note: total_batch={t.total_batch} is not batch_size×world×k; using "
             f"{accum * t.batch_size * env.world} clips per step")
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
+    if ckpt is not None:
+        check_resume(out, fact_changes(ckpt, train_clips=len(train_set), steps_per_epoch=steps_per_epoch),
+                     undo=f"resume on the same training data with {ckpt['world_size']} process(es)")
     total_steps = o.epochs * steps_per_epoch
     warmup_steps = round(o.warmup_epochs * steps_per_epoch)
 
@@ -420,6 +436,8 @@ def _train(cfg: Config, env: DistEnv, resume: bool, model: nn.Module | None, tra
         set_rng_state(ckpt["rng"][env.rank % len(ckpt["rng"])])
         say(f"[zeroi2v] resumed {ckpt_path} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch} "
             f"(global step {global_step})")
+    if env.main:  # every check passed, data and model are built: the run starts here
+        start_run(out, cfg, resumed=ckpt is not None, previous=previous)
     log = RunLog(out, env.main, keep_until=(start_epoch, global_step) if ckpt is not None else None)
 
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
@@ -433,7 +451,8 @@ def _train(cfg: Config, env: DistEnv, resume: bool, model: nn.Module | None, tra
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": states,
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                "steps_per_epoch": steps_per_epoch, "world_size": env.world, "history": history,
+                "steps_per_epoch": steps_per_epoch, "train_clips": len(train_set), "world_size": env.world,
+                "history": history,
                 "sampler": {"seed": t.seed, "epoch": epoch, "skip": step_in_epoch * accum * t.batch_size},
                 "config": cfg.to_dict()})
 
@@ -496,7 +515,8 @@ def _train(cfg: Config, env: DistEnv, resume: bool, model: nn.Module | None, tra
                 kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was written yet"
                 say(f"[zeroi2v] loss is {loss_value} at {where}; stopping, weights not updated; {kept}")
                 raise NonFiniteLossError(f"non-finite loss ({loss_value}) at {where}; the weights were not updated "
-                                         f"and {kept}. Try a lower optim.lr, train.amp=bf16 or none, or check the data.")
+                                         f"and {kept}. Try a lower optim.lr or train.amp=bf16 or none in a new train.out_dir "
+                                         f"(a resume keeps the run's settings), or check the data.")
             if o.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
@@ -716,9 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint.pt")
+    add_run_folder_arguments(parser)
     args = parser.parse_args(argv)
-    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    result = train(load_config(args.config, args.overrides), resume=args.resume, force=args.force)
     return 0 if result["finished"] or result["stopped_at_max_steps"] else 1
 
 

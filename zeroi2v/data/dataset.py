@@ -27,6 +27,32 @@ from zeroi2v.data.formats import Annotation, Sample
 log = logging.getLogger(__name__)
 
 
+class UndecodableDataError(RuntimeError):
+    """Every attempt to decode an item failed: the data root is wrong or the files are broken.
+
+    Raised in a DataLoader worker, it reaches the main process rebuilt by torch from one text that holds
+    the worker's whole traceback (``ExceptionWrapper.reraise`` calls ``type(e)(text)``). The constructor
+    keeps only the original one-line message from that text, so the error reads the same whatever
+    ``data.workers`` is.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(_from_worker(message, type(self)))
+
+
+def _from_worker(text: str, cls: type) -> str:
+    """The message of a ``cls`` error raised in a DataLoader worker, out of torch's re-raise text
+    ("Caught X in DataLoader worker process 0.\nOriginal Traceback ...\nmodule.X: message"); other text
+    unchanged."""
+    if "\nOriginal Traceback" not in text:
+        return text
+    head, _, rest = text.partition("\n")
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    original = rest.rpartition(marker)[2] if marker in rest else rest.strip().splitlines()[-1]
+    where = head.removeprefix(f"Caught {cls.__name__} ").rstrip(".")
+    return f"{' '.join(original.split())} ({where})"
+
+
 class VideoDataset(Dataset):
     """Items are dicts: video (float (C, T, H, W) when training; (V, C, T, H, W) when testing, V = clips ×
     crops, clip-major), label (int), index (the requested index), source_index (the sample actually decoded:
@@ -107,10 +133,10 @@ class VideoDataset(Dataset):
                     self._logged.add(source_index)
                     log.warning("skipping undecodable video (sample %d): %s", source_index, e)
                 if len(self._logged) >= len(self.samples) or failures >= self.max_failures_per_item:
-                    raise RuntimeError(
+                    raise UndecodableDataError(
                         f"{failures} decode failures in a row while loading item {index} and "
                         f"{len(self._logged)} of {len(self.samples)} videos undecodable in this process; "
-                        f"is the data readable? last error: {e}") from e
+                        f"is the data readable? last error: {' '.join(str(e).split())}") from e
                 # Another sample, drawn from this item's stream: deterministic, never the same one.
                 source_index = int((source_index + rng.integers(1, len(self.samples))) % len(self.samples))
         sample = self.samples[source_index]
