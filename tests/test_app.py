@@ -242,3 +242,28 @@ def test_app_in_browser(files):
                 browser.close()
     finally:
         demo.close()
+
+
+# ------------------------------------------------------------- the model card names no server path
+def test_model_card_and_page_config_name_a_local_backbone_not_its_path(tmp_path):
+    """A checkpoint merged from a ``local-dir:`` backbone, as save_merged wrote it before format 2 (the
+    folder's path in model.backbone): neither the facts nor Gradio's /config data show that path."""
+    import json
+
+    from app.app import build_app, facts_markdown
+    from zeroi2v.backbones import create_visual, save_local_dir
+    from zeroi2v.merge import load_merged
+
+    torch.manual_seed(0)
+    visual, cfg = create_visual("zeroi2v-micro")
+    folder = tmp_path / "srv" / "secret-place" / "image_model"
+    model = create_model(backbone=save_local_dir(visual, cfg, folder), num_classes=3, num_frames=4)
+    ckpt = save_merged(merge_adapters(model), tmp_path / "merged", extra={"class_names": ["a", "b", "c"]})
+    config = json.loads((ckpt / "config.json").read_text())
+    for version, backbone in ((2, config["model"]["backbone"]), (1, f"local-dir:{folder}")):
+        config["version"], config["model"]["backbone"] = version, backbone
+        (ckpt / "config.json").write_text(json.dumps(config))
+        facts = facts_markdown(load_merged(ckpt), config)
+        assert "image_model (local folder)" in facts and "secret-place" not in facts, facts
+    page = json.dumps(build_app(ckpt, warmup=False).get_config_file())
+    assert "image_model (local folder)" in page and "secret-place" not in page and str(tmp_path) not in page

@@ -1,4 +1,5 @@
 """Config: strict keys and types, --set coercion, YAML round trip, and every file in configs/."""
+import re
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,28 @@ def test_every_shipped_config_is_valid_and_follows_the_recipe(path):
         assert dataset == "diving48" and d.sampler == "uniform" and m.adapter_scale == 1.0 and m.num_classes == 48
         assert "no Diving48 config" in path.read_text()
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("text, line, phrase", [
+    ("optim:\n  lr: 1e-4\n  betas: [0.9, 0.99\ntrain:\n  seed: 1\n", 4, "expected ',' or ']'"),
+    ("model:\n  num_frames: 8\n num_classes: 3\n", 3, "expected <block end>"),
+    ("optim:\n  lr: a: b\n", 2, "mapping values are not allowed"),
+    ("model:\n\tnum_frames: 8\n", 2, "cannot start any token"),
+    ("model: !!python/object/apply:os.system [ls]\n", 1, "tags (!!...) are not allowed"),
+    ("model:\n  backbone: a\x07b\n", 2, "special characters are not allowed"),
+])
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, text, line, phrase):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}, line {line}") and phrase in msg, msg
+    assert "<unicode string>" not in msg and "\n" not in msg
+
+
+def test_non_utf8_config_names_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  class_names: [caf\u00e9]\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: not UTF-8 text") + ".*save it as UTF-8"):
+        load_config(path)

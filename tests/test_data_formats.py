@@ -1,6 +1,7 @@
 """Each annotation reader on a tiny fixture written here."""
 
 import json
+import re
 
 import pytest
 
@@ -105,3 +106,47 @@ def test_unknown_format_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown annotation format 'avi'.*kinetics"):
         read_annotation("avi", "x")
     assert {"mmaction", "kinetics", "ssv2", "ucf101", "hmdb51", "diving48", "folder"} <= set(FORMATS)
+
+
+@pytest.mark.parametrize("fmt, name, text, extra", [
+    ("mmaction", "train.txt", "ok.mp4 0\ncaf\u00e9.mp4 1\n", {}),
+    ("kinetics", "k400.csv", "label,youtube_id,time_start,time_end,split\ncaf\u00e9,abc,0,10,val\n", {}),
+    ("diving48", "Diving48_V2_test.json", '[{"vid_name": "caf\u00e9", "label": 0}]', {}),
+])
+def test_a_latin1_annotation_names_the_file_and_says_it_is_not_utf8(tmp_path, fmt, name, text, extra):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError) as e:
+        read_annotation(fmt, path, **extra)
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "not UTF-8" in msg and "save it as UTF-8" in msg, msg
+
+
+def test_a_latin1_class_file_names_the_file(tmp_path):
+    lst = write(tmp_path / "train.txt", "a.mp4 0\n")
+    names = tmp_path / "classes.txt"
+    names.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(names))}, line 1: not UTF-8"):
+        read_annotation("mmaction", lst, classes=names)
+
+
+def test_utf8_with_byte_order_mark_reads(tmp_path):
+    lst = tmp_path / "train.txt"
+    lst.write_bytes("\ufeffcaf\u00e9.mp4 0\n".encode("utf-8"))
+    assert read_annotation("mmaction", lst).samples == [Sample("caf\u00e9.mp4", 0)]
+
+
+def test_broken_json_csv_and_entries_name_the_file(tmp_path):
+    bad_json = write(tmp_path / "Diving48_V2_test.json", '[{"vid_name": "a", "label": 0},')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad_json))}, line 1, column \d+: not valid JSON"):
+        read_annotation("diving48", bad_json)
+    no_label = write(tmp_path / "d.json", '[{"vid_name": "a"}]')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(no_label))}: entry 0 .*'label'"):
+        read_annotation("diving48", no_label)
+    labels = write(tmp_path / "labels.json", '{"Holding something": "0"}')
+    split = write(tmp_path / "validation.json", '[{"id": "7"}]')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(split))}: entry 0 .*'template'"):
+        read_annotation("ssv2", labels, split)
+    csv = write(tmp_path / "k.csv", "name,id\nx,y\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(csv))}: no column\(s\) label, youtube_id"):
+        read_annotation("kinetics", csv)

@@ -202,8 +202,7 @@ class Config:
                                 ("train.log_every", t.log_every, 1), ("train.eval_every", t.eval_every, 0),
                                 ("train.save_every", t.save_every, 1), ("train.save_every_steps", t.save_every_steps, 0),
                                 ("test.clips", s.clips, 1), ("test.batch_size", s.batch_size, 1),
-                                ("test.short_side", s.short_side or 1, 1), ("data.size", d.size or 1, 1),
-                                ("model.num_frames", self.model.num_frames, 1), ("model.num_classes", self.model.num_classes, 1)):
+                                ("test.short_side", s.short_side or 1, 1), ("data.size", d.size or 1, 1)):
             if value < low:
                 raise ValueError(f"{key} must be >= {low}, got {value}")
         _choice("test.crops", s.crops, (1, 3))
@@ -220,18 +219,25 @@ class Config:
         return self
 
 
-def check_model_config(mc: ModelConfig) -> dict[str, Any]:
+def check_model_config(mc: ModelConfig, vision: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate a model config without building weights: the backbone exists, Δt fits its heads and
-    ``num_frames``, the adapter placement and modes are known. Returns the resolved facts."""
+    ``num_frames``, the adapter placement and modes are known. Returns the resolved facts.
+
+    vision: the backbone's ``vision_cfg`` when it is already known (a merged checkpoint stores it, and
+    its ``backbone`` is only a display name); None: looked up by ``mc.backbone``."""
     from zeroi2v.adapters import placement_slots
     from zeroi2v.backbones import get_model_config
     from zeroi2v.model import FINETUNE_MODES
     from zeroi2v.stdha import BOUNDARIES, parse_offsets
 
-    try:
-        vision = get_model_config(mc.backbone)["vision_cfg"]
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise ValueError(f"model.backbone: {e}") from None
+    for key in ("num_frames", "num_classes"):
+        if getattr(mc, key) < 1:
+            raise ValueError(f"model.{key} must be >= 1, got {getattr(mc, key)}")
+    if vision is None:
+        try:
+            vision = get_model_config(mc.backbone)["vision_cfg"]
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise ValueError(f"model.backbone: {e}") from None
     width, layers = int(vision["width"]), int(vision["layers"])
     heads = width // int(vision.get("head_width", 64))
     specs = mc.offsets if isinstance(mc.offsets, (list, tuple)) and len(mc.offsets) == layers \
@@ -260,6 +266,12 @@ def check_model_config(mc: ModelConfig) -> dict[str, Any]:
             "image_size": vision.get("image_size", 224)}
 
 
+def model_config_from_data(d: Any, prefix: str = "model.") -> ModelConfig:
+    """A ModelConfig from plain data (a YAML section, a merged checkpoint's config.json) with the same
+    key and type checks as a config file; errors name the key as ``prefix + key``."""
+    return _build(ModelConfig, d, prefix)
+
+
 def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
@@ -269,8 +281,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Read a YAML config (None: the defaults) and apply ``key.sub=value`` overrides, then validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config file holds a mapping (model:, data:, ...), got {type(data).__name__}")
     for item in overrides:
@@ -282,6 +293,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         return Config.from_dict(data)
     except ValueError as e:
         raise ValueError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data (``yaml.safe_load``: no tags, no code); a one-line error that names the file,
+    the line and what is wrong when it is not UTF-8 or not valid YAML."""
+    from zeroi2v.data.formats import read_text
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.reader.ReaderError as e:  # a control character
+        line = text[:e.position].count("\n") + 1
+        raise ValueError(f"{path}, line {line}: character #x{e.character:04x}: {e.reason}; remove it") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(e.problem or e.context or "not valid YAML").split())
+        if e.context and e.problem and e.context_mark is not None:
+            problem += f" ({e.context} from line {e.context_mark.line + 1})"
+        fix = ("tags (!!...) are not allowed in a config: write plain values"
+               if isinstance(e, yaml.constructor.ConstructorError)
+               else "fix the YAML there (`key: value`, nesting by spaces, quote values that hold ': ' or '#')")
+        raise ValueError(f"{where}: {problem}; {fix}") from None
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -12,7 +12,9 @@ attn.in_proj_weight`` ...), so a merged checkpoint is open_clip's visual state d
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import PurePath
 from typing import Any, Sequence
 
 import torch
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from zeroi2v.adapters import build_adapter, placement_slots
-from zeroi2v.backbones import build_visual, create_visual
+from zeroi2v.backbones import LOCAL_DIR, build_visual, create_visual
 from zeroi2v.data.transforms import CLIP_MEAN, CLIP_STD
 from zeroi2v.stdha import STDHA, parse_offsets
 
@@ -199,11 +201,26 @@ class ZeroI2V(nn.Module):
         """What a report or the demo app says about this model."""
         from zeroi2v.stdha import format_offsets
         return {
-            "backbone": self.cfg.backbone, "frames": self.num_frames, "image_size": self.image_size,
+            "backbone": display_name(self.cfg.backbone), "frames": self.num_frames, "image_size": self.image_size,
             "heads": self.blocks[0].num_heads, "layers": len(self.blocks),
             "offsets": [format_offsets(o) for o in self.offsets], "boundary": self.cfg.boundary,
             "adapters": (f"{self.cfg.adapter} x{len(self.blocks[0].adapters)}/block" if self.cfg.adapter else "merged"),
         }
+
+
+def display_name(source: str | None) -> str | None:
+    """A backbone or weights name fit to show and to store: a local folder or file by its own name, never
+    the path on this machine (``local-dir:/srv/x/image_model`` -> ``image_model (local folder)``,
+    ``/srv/w/clip.pt`` -> ``clip.pt (local file)``); hub names and tags are returned as they are."""
+    if not isinstance(source, str):
+        return source
+    folder = source.startswith(LOCAL_DIR)
+    path = source[len(LOCAL_DIR):] if folder else source
+    if not folder and not (("/" in path or "\\" in path) and not re.match(r"[A-Za-z][\w+.-]+:", path)):
+        return source  # a name or tag ('ViT-B-16', 'openai', 'hf-hub:org/repo'), not a path
+    name = PurePath(path.replace("\\", "/")).name
+    kind = "local folder" if folder else "local file"
+    return f"{name} ({kind})" if name else kind
 
 
 def create_model(cfg: ModelConfig | dict[str, Any] | None = None, **overrides: Any) -> ZeroI2V:

@@ -8,6 +8,7 @@ labels and the class names in label order, so training and evaluation never see 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -40,13 +41,33 @@ class Annotation:
         return len(self.samples)
 
 
+def read_text(path: PathLike) -> str:
+    """A text file as UTF-8 (a leading byte-order mark is dropped); a file in another encoding is a
+    ValueError that names it, the line and the fix, not a bare UnicodeDecodeError."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}, as in Latin-1 or "
+                         f"Windows-1252 files); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def read_json(path: PathLike):
+    """A UTF-8 JSON file's data; a broken file is a ValueError that names it and where it breaks."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+
+
 def read_class_names(classes: PathLike | Sequence[str] | None, num_labels: int = 0) -> list[str]:
     """Class names from a list, from a text file (one name per line, or mmaction-style `index name`
     lines as in UCF101's classInd.txt), or "0", "1", ... when none are given."""
     if classes is None:
         return [str(i) for i in range(num_labels)]
     if isinstance(classes, (str, os.PathLike)):
-        lines = [ln.strip() for ln in Path(classes).read_text().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in read_text(classes).splitlines() if ln.strip()]
         numbered = all(re.fullmatch(r"\d+\s+\S.*", ln) for ln in lines)
         return [ln.split(maxsplit=1)[1] for ln in lines] if numbered else lines
     return list(classes)
@@ -68,7 +89,7 @@ def read_mmaction_list(list_file: PathLike, rawframes: bool = False,
     without it, classes are "0" … str(max label).
     """
     samples = []
-    for n, line in enumerate(Path(list_file).read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(list_file).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=2 if rawframes else 1)
@@ -92,8 +113,12 @@ def read_kinetics_csv(csv_file: PathLike, class_folders: bool = True, ext: str =
     `class_folders` (the layout of the common download scripts), else all in one folder. Classes are the
     sorted label names unless `classes` fixes the order (e.g. the 400 names of the train split).
     """
-    with open(csv_file, newline="") as f:
-        rows = list(csv.DictReader(f))
+    reader = csv.DictReader(io.StringIO(read_text(csv_file), newline=""))
+    missing = [c for c in ("label", "youtube_id", "time_start", "time_end") if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(f"{csv_file}: no column(s) {', '.join(missing)} in the header line {reader.fieldnames}; "
+                         f"a Kinetics CSV starts with `label,youtube_id,time_start,time_end,split`")
+    rows = list(reader)
     names = read_class_names(classes) if classes is not None else sorted({r["label"] for r in rows})
     index = {name: i for i, name in enumerate(names)}
     samples = []
@@ -111,14 +136,15 @@ def read_ssv2(labels_json: PathLike, split_json: PathLike, ext: str = ".webm") -
     An entry's template with its brackets removed ("Putting [something] on [something]" -> "Putting
     something on something") is its class; the video is `{id}{ext}`.
     """
-    label_of = {name: int(i) for name, i in json.loads(Path(labels_json).read_text()).items()}
+    label_of = {name: int(i) for name, i in read_json(labels_json).items()}
     names = sorted(label_of, key=label_of.get)
     samples = []
-    for entry in json.loads(Path(split_json).read_text()):
-        template = entry["template"].replace("[", "").replace("]", "")
+    for n, entry in enumerate(read_json(split_json)):
+        video, template = _fields(entry, ("id", "template"), split_json, n)
+        template = str(template).replace("[", "").replace("]", "")
         if template not in label_of:
-            raise ValueError(f"{split_json}: template {template!r} of video {entry['id']} not in {labels_json}")
-        samples.append(Sample(f"{entry['id']}{ext}", label_of[template]))
+            raise ValueError(f"{split_json}: template {template!r} of video {video} not in {labels_json}")
+        samples.append(Sample(f"{video}{ext}", label_of[template]))
     return _checked(samples, names, split_json)
 
 
@@ -130,7 +156,7 @@ def read_ucf101(annotation_dir: PathLike, split: int = 1, subset: str = "train")
     index = {name.lower(): i for i, name in enumerate(names)}  # folder case varies (HandstandPushups)
     list_file = root / f"{_subset(subset)}list{split:02d}.txt"
     samples = []
-    for line in list_file.read_text().splitlines():
+    for line in read_text(list_file).splitlines():
         parts = line.split()
         if parts:
             label = int(parts[1]) - 1 if len(parts) > 1 else index[parts[0].split("/")[0].lower()]
@@ -148,7 +174,7 @@ def read_hmdb51(split_dir: PathLike, split: int = 1, subset: str = "train") -> A
     names = [f.name[: -len(f"_test_split{split}.txt")] for f in files]
     samples = []
     for label, (name, file) in enumerate(zip(names, files)):
-        for line in file.read_text().splitlines():
+        for line in read_text(file).splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[1] == wanted:
                 samples.append(Sample(f"{name}/{parts[0]}", label))
@@ -160,10 +186,13 @@ def read_diving48(json_file: PathLike, vocab_json: PathLike | None = None, ext: 
 
     vocab_json: Diving48_vocab.json (per class [takeoff, somersault, twist, flight]) for readable names.
     """
-    entries = json.loads(Path(json_file).read_text())
-    samples = [Sample(f"{e['vid_name']}{ext}", int(e["label"])) for e in entries]
+    entries = read_json(json_file)
+    samples = []
+    for n, entry in enumerate(entries):
+        name, label = _fields(entry, ("vid_name", "label"), json_file, n)
+        samples.append(Sample(f"{name}{ext}", int(label)))
     if vocab_json is not None:
-        names = [" ".join(parts) for parts in json.loads(Path(vocab_json).read_text())]
+        names = [" ".join(parts) for parts in read_json(vocab_json)]
     else:
         names = read_class_names(None, max((s.label for s in samples), default=-1) + 1)
     return _checked(samples, names, json_file)
@@ -177,6 +206,14 @@ def read_folder(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) ->
                for label, name in enumerate(names)
                for f in sorted((root / name).iterdir()) if f.suffix.lower() in extensions]
     return Annotation(samples, names)
+
+
+def _fields(entry, keys: Sequence[str], source: PathLike, n: int) -> tuple:
+    """The values of ``keys`` in entry ``n`` of a JSON list; a missing one is an error naming the file."""
+    if not isinstance(entry, dict) or any(k not in entry for k in keys):
+        raise ValueError(f"{source}: entry {n} is {json.dumps(entry)[:80]}; each entry needs "
+                         f"{', '.join(map(repr, keys))}")
+    return tuple(entry[k] for k in keys)
 
 
 def _subset(subset: str) -> str:
