@@ -257,7 +257,9 @@ def _class_names(*candidates: Any) -> list[str] | None:
 # --- checkpoints and logs --------------------------------------------------------------------------
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file, then ``os.replace``: a reader never sees half a checkpoint."""
+    """``torch.save`` to a temporary file, then ``os.replace``: a reader never sees half a checkpoint.
+    ``train`` stores ``model`` (weights), ``config`` and ``backbone_cfg`` (the backbone's architecture),
+    so that ``load_run`` needs nothing but the run folder."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -265,21 +267,62 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+RUN_CHECKPOINT = "a checkpoint written by `zeroi2v train`"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by ``train`` (tensors and plain types only: ``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by ``train``: tensors and plain types only (``weights_only=True``); anything
+    else (empty, text, truncated, pickled code, another program's file) is a one-line error naming it."""
+    from zeroi2v.backbones import load_torch_data
+    state = load_torch_data(path, RUN_CHECKPOINT)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        kind = f"a {type(state).__name__}" + (f" with keys {sorted(map(str, state))[:6]}" if isinstance(state, dict) else "")
+        raise ValueError(f"{path} holds {kind} without model weights: it is not {RUN_CHECKPOINT}")
+    return state
 
 
 def load_run(run: str | Path) -> nn.Module:
-    """The trained model of a run folder (``config.yaml`` + ``checkpoint.pt``), in eval mode."""
-    from zeroi2v.config import load_config
+    """The trained model of a run folder, in eval mode, from the folder alone: ``checkpoint.pt`` holds the
+    weights, the config and the backbone's architecture, so a ``local-dir:`` backbone that has moved or a
+    hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded read
+    the backbone's config where ``config.yaml`` says it is)."""
+    from zeroi2v.model import ModelConfig, build_from_backbone_cfg
     run = Path(run)
-    if not (run / "config.yaml").is_file() or not (run / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"{run} is not a training run folder (needs config.yaml and checkpoint.pt)")
-    cfg = load_config(run / "config.yaml")
-    model = create_model(cfg.model, pretrained=None)
-    model.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
+    path = run / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder (needs {CHECKPOINT}, written by `zeroi2v train`)")
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"]["model"]) if isinstance(ckpt.get("config"), dict) \
+            else _run_config(run).model
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} holds a model config this version cannot read ({e})") from e
+    model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit its model config "
+                         f"({' '.join(str(e).split())[:300]})") from e
     return model.eval()
+
+
+def _run_config(run: Path) -> Config:
+    from zeroi2v.config import load_config
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run / CHECKPOINT} holds no config and {run / 'config.yaml'} is missing")
+    return load_config(run / "config.yaml")
+
+
+def _old_backbone_cfg(path: Path, cfg: ModelConfig) -> dict[str, Any]:
+    """The architecture of a checkpoint written before ``backbone_cfg`` was recorded: looked up by name."""
+    from zeroi2v.backbones import backbone_architecture
+    try:
+        return backbone_architecture(cfg.backbone, cfg.pretrained)
+    except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{path} predates checkpoints that record their backbone's architecture, and its backbone "
+            f"{cfg.backbone} cannot be read ({e}). Fix: put that folder back (only its open_clip_config.json "
+            f"is read), then merge or evaluate again") from e
 
 
 class RunLog:
@@ -435,7 +478,7 @@ def _train(cfg: Config, env: DistEnv, resume: bool, model: nn.Module | None, tra
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
                 "steps_per_epoch": steps_per_epoch, "world_size": env.world, "history": history,
                 "sampler": {"seed": t.seed, "epoch": epoch, "skip": step_in_epoch * accum * t.batch_size},
-                "config": cfg.to_dict()})
+                "backbone_cfg": getattr(model, "backbone_cfg", None), "config": cfg.to_dict()})
 
     def reduce(*values: float) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64, device=device)
