@@ -174,3 +174,27 @@ def test_truncated_and_pickled_code_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match="safetensors") as e:
         load_state_dict_file(tmp_path / "bad.safetensors")
     assert str(tmp_path / "bad.safetensors") in str(e.value)
+
+
+_STORAGE = b"(S'storage'\nctorch\nFloatStorage\nS'0'\nS'cpu'\nK\x01tQ"  # persistent id of record data/0, 1 float
+_TENSOR = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + _STORAGE + b"K\x00(K\x01t(K\x01t\x89ccollections\nOrderedDict\n)RtR")
+
+
+@pytest.mark.parametrize("payload, says", [
+    (b"cos\nsystem\n(S'touch PWNED'\ntR.", "os.system"),                          # any other global
+    (_TENSOR + b"(K\x01K\x02K\x03K\x04tb.", "state for a Tensor"),                 # BUILD on a tensor (Tensor.__setstate__)
+    (b"c__torch__\nM\n)\x81}(S'w'\n" + _TENSOR.replace(b"(K\x01t(K\x01t", b"(M\x10'tK\x01\x85") + b"ub.",
+     "out of bounds"),                                                             # a view past its record
+])
+def test_hand_made_archives_are_refused_as_data(tmp_path, payload, says):
+    import pickle
+    import zipfile
+    path = tmp_path / "hostile.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a/data.pkl", b"\x80\x02" + payload)
+        zf.writestr("a/constants.pkl", pickle.dumps(()))
+        zf.writestr("a/data/0", b"\0" * 4)
+    with pytest.raises(ValueError) as e:
+        load_state_dict_file(path)
+    assert str(path) in str(e.value) and says in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "PWNED").exists()

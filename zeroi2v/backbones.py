@@ -88,7 +88,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = {str(k).removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)} \
         if isinstance(sd, dict) else {}
     if not tensors:
-        raise ValueError(f"{path} holds {_describe(sd)}, not a state dict of tensors. Expected {WEIGHTS_KINDS}")
+        raise ValueError(f"{path} holds {describe_contents(sd)}, not a state dict of tensors. Expected {WEIGHTS_KINDS}")
     return tensors
 
 
@@ -107,7 +107,8 @@ def _brief(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first and "weights_only" not in first else type(e).__name__
 
 
-def _describe(obj: Any) -> str:
+def describe_contents(obj: Any) -> str:
+    """What a loaded file holds, for error messages: ``a dict with keys [...]``, ``a list``..."""
     return f"a {type(obj).__name__}" + (f" with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else "")
 
 
@@ -176,15 +177,12 @@ _JIT_PICKLE_HELPERS = {  # torch.jit._pickle's list and type-tag markers: all re
 
 
 class _ScriptObject:
-    """A TorchScript object (a module) read as data: the pickled state lands in ``state``; the archive's
-    own ``__setstate__`` (compiled code in ``code/``) is never looked at."""
+    """A TorchScript object (a module) read as data: BUILD puts its pickled state in ``state``; the
+    archive's own ``__setstate__`` (compiled code in ``code/``) is never looked at."""
     qualname = "?"
 
     def __init__(self, *args: Any) -> None:
         self.state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
 
 
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
@@ -192,13 +190,23 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, 
     return storage.as_strided(tuple(size), tuple(stride), offset)
 
 
-class _ArchiveUnpickler(pickle.Unpickler):
+class _ArchiveUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be overridden
     """Unpickles a TorchScript ``data.pkl`` allowing only tensor rebuilds, storages, OrderedDict, the
-    jit list markers and TorchScript classes (as inert ``_ScriptObject``s); anything else is refused."""
+    jit list markers and TorchScript classes (as inert ``_ScriptObject``s); anything else is refused.
+    BUILD only stores state on a ``_ScriptObject`` (no ``__setstate__`` of anything else runs)."""
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: Any, zf: zipfile.ZipFile, prefix: str):
         super().__init__(file)
         self.zf, self.prefix, self.storages = zf, prefix, {}
+
+    def load_build(self) -> None:
+        state, obj = self.stack.pop(), self.stack[-1]
+        if not isinstance(obj, _ScriptObject):
+            raise pickle.UnpicklingError(f"state for a {type(obj).__name__}")
+        obj.state = state
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
@@ -225,8 +233,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             raw = self.zf.read(f"{self.prefix}data/{key}")
             if len(raw) < nbytes:
                 raise ValueError(f"record data/{key} holds {len(raw)} bytes, its tensors need {nbytes}")
-            self.storages[key] = torch.frombuffer(bytearray(raw[:nbytes]), dtype=dtype) if nbytes \
-                else torch.empty(0, dtype=dtype)
+            self.storages[key] = torch.frombuffer(bytearray(memoryview(raw)[:nbytes]), dtype=dtype) \
+                if nbytes else torch.empty(0, dtype=dtype)
         return self.storages[key]
 
 
@@ -255,7 +263,7 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             with zf.open(pkl[0]) as f:
                 root = _ArchiveUnpickler(f, zf, prefix).load()
             if not isinstance(root, _ScriptObject):
-                raise ValueError(f"its data.pkl holds {_describe(root)}, not a module")
+                raise ValueError(f"its data.pkl holds {describe_contents(root)}, not a module")
             out: dict[str, torch.Tensor] = {}
             _named_tensors(root, "", out, path)
         except pickle.UnpicklingError as e:

@@ -273,19 +273,18 @@ RUN_CHECKPOINT = "a checkpoint written by `zeroi2v train`"
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by ``train``: tensors and plain types only (``weights_only=True``); anything
     else (empty, text, truncated, pickled code, another program's file) is a one-line error naming it."""
-    from zeroi2v.backbones import load_torch_data
+    from zeroi2v.backbones import describe_contents, load_torch_data
     state = load_torch_data(path, RUN_CHECKPOINT)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        kind = f"a {type(state).__name__}" + (f" with keys {sorted(map(str, state))[:6]}" if isinstance(state, dict) else "")
-        raise ValueError(f"{path} holds {kind} without model weights: it is not {RUN_CHECKPOINT}")
+        raise ValueError(f"{path} holds {describe_contents(state)} without model weights: it is not {RUN_CHECKPOINT}")
     return state
 
 
 def load_run(run: str | Path) -> nn.Module:
     """The trained model of a run folder, in eval mode, from the folder alone: ``checkpoint.pt`` holds the
     weights, the config and the backbone's architecture, so a ``local-dir:`` backbone that has moved or a
-    hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded read
-    the backbone's config where ``config.yaml`` says it is)."""
+    hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded look the
+    backbone's config up by the name in the run's config)."""
     from zeroi2v.model import ModelConfig, build_from_backbone_cfg
     run = Path(run)
     path = run / CHECKPOINT
@@ -314,10 +313,12 @@ def _run_config(run: Path) -> Config:
 
 
 def _old_backbone_cfg(path: Path, cfg: ModelConfig) -> dict[str, Any]:
-    """The architecture of a checkpoint written before ``backbone_cfg`` was recorded: looked up by name."""
+    """The architecture of a checkpoint written before ``backbone_cfg`` was recorded, looked up by name as
+    training did then (a pretrained tag could switch QuickGELU on; a weights file did not)."""
     from zeroi2v.backbones import backbone_architecture
+    tag = None if cfg.pretrained is None or Path(cfg.pretrained).is_file() else cfg.pretrained
     try:
-        return backbone_architecture(cfg.backbone, cfg.pretrained)
+        return backbone_architecture(cfg.backbone, tag)
     except (FileNotFoundError, ValueError) as e:
         raise FileNotFoundError(
             f"{path} predates checkpoints that record their backbone's architecture, and its backbone "
