@@ -157,3 +157,67 @@ def test_train_on_undecodable_videos_with_workers_is_one_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("skipping undecodable video")]
     assert len(lines) == 1 and lines[0].startswith("zeroi2v train: error: ") and "Traceback" not in err
     assert "decode failures" in lines[0] and str(tmp_path) in lines[0]
+
+
+# --- files that are not what they claim; runs that need only their own folder ---------------------
+
+def _micro_run(tmp_path, backbone="zeroi2v-micro"):
+    from test_train import NoisyClips, micro_cfg
+    from zeroi2v.train import train
+    cfg = micro_cfg(tmp_path / "run", f"model.backbone={backbone}", "train.max_steps=2")
+    return train(cfg, train_set=NoisyClips(16))["model"].eval(), tmp_path / "run"
+
+
+@pytest.mark.parametrize("content, says", [(b"", "empty"), (b"101\n", "text")])
+def test_merge_of_a_broken_checkpoint_is_one_line(tmp_path, capsys, content, says):
+    _, run = _micro_run(tmp_path)
+    (run / "checkpoint.pt").write_bytes(content)
+    capsys.readouterr()
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(run / "checkpoint.pt") in err and says in err and "weights_only" not in err
+    assert not (tmp_path / "merged").exists()
+
+
+def _local_dir(tmp_path):
+    from zeroi2v.backbones import create_visual, save_local_dir
+    torch.manual_seed(5)
+    visual, model_cfg = create_visual("zeroi2v-micro")
+    return save_local_dir(visual, model_cfg, tmp_path / "image_model"), tmp_path / "image_model"
+
+
+def test_merge_after_the_local_backbone_folder_moved(tmp_path, capsys):
+    name, folder = _local_dir(tmp_path)
+    trained, run = _micro_run(tmp_path, name)
+    folder.rename(tmp_path / "moved_away")
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged"), "--verify"]) == 0
+    assert float(capsys.readouterr().out.split("merged vs unmerged:")[1].split()[0]) <= 1e-3
+    clip = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(load_merged(tmp_path / "merged")(clip), trained(clip), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_that_runs_code_runs_nothing_through_the_cli(tmp_path, synthetic, capsys):
+    from test_backbones import Evil
+    target = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.jit.script(Evil(str(target))).save(str(evil))
+    # merge of a run whose local-dir backbone now holds the evil file: the run's own weights are used
+    name, folder = _local_dir(tmp_path)
+    _, run = _micro_run(tmp_path, name)
+    (folder / "open_clip_model.safetensors").unlink()
+    (folder / "open_clip_pytorch_model.bin").write_bytes(evil.read_bytes())
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 0
+    # train with the evil file as pretrained weights: refused in one line that names it
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+model: {{backbone: zeroi2v-micro, num_classes: 3, num_frames: 4, offsets: "1x1,-1x1"}}
+data: {{format: mmaction, root: {synthetic}, train_ann: {synthetic}/train.txt, randaugment: null, short_side: 32, workers: 0}}
+train: {{batch_size: 2, total_batch: 2, out_dir: {tmp_path}/run2, progress: false}}
+""")
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--set", f"model.pretrained={evil}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(evil) in err and "refused" in err
+    assert not target.exists()

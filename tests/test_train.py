@@ -309,3 +309,72 @@ def test_a_resume_with_changed_run_settings_is_refused(tmp_path):
     # settings that do not change the run (logging, workers, testing) may differ
     resumed = train(micro_cfg(run, "train.log_every=5", "test.crops=1"), resume=True, train_set=NoisyClips(28))
     assert resumed["finished"] and resumed["global_step"] == 2 * first["steps_per_epoch"]
+
+
+# --- checkpoints that are not ours; runs that need only their own folder ---------------------------
+
+class NeedsCode:
+    """Any class: unpickling it would need code."""
+
+
+def _one_line_naming(message, path):
+    return str(path) in message and "\n" not in message and "weights_only" not in message
+
+
+def test_broken_checkpoints_are_one_line_that_names_the_file(tmp_path):
+    from zeroi2v.train import load_run
+    cfg = micro_cfg(tmp_path / "run", "train.max_steps=1")
+    train(cfg, train_set=NoisyClips(8))
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+
+    torch.save({"model": {"x": torch.ones(1)}, "extra": NeedsCode()}, tmp_path / "code.pt")
+    torch.save({"weights": {"x": torch.ones(1)}}, tmp_path / "other.pt")
+    cases = {"empty": b"", "text": b"101 not a checkpoint\n", "truncated": good[: len(good) // 2],
+             "refused": (tmp_path / "code.pt").read_bytes(), "not a checkpoint written by": (tmp_path / "other.pt").read_bytes()}
+    for says, content in cases.items():
+        ckpt.write_bytes(content)
+        for load, arg in ((load_checkpoint, ckpt), (load_run, run)):
+            with pytest.raises(ValueError) as e:
+                load(arg)
+            assert _one_line_naming(str(e.value), ckpt) and says in str(e.value), (says, str(e.value))
+
+
+def _local_backbone_run(tmp_path, *extra):
+    from zeroi2v.backbones import create_visual, save_local_dir
+    torch.manual_seed(5)
+    visual, model_cfg = create_visual("zeroi2v-micro")
+    name = save_local_dir(visual, model_cfg, tmp_path / "image_model")
+    cfg = micro_cfg(tmp_path / "run", f"model.backbone={name}", "train.max_steps=2", *extra)
+    return train(cfg, train_set=NoisyClips(16))["model"].eval(), tmp_path / "image_model"
+
+
+def test_run_loads_and_merges_after_its_local_backbone_folder_is_gone(tmp_path):
+    import shutil
+
+    from zeroi2v.merge import merge_adapters
+    from zeroi2v.train import load_run
+    trained, folder = _local_backbone_run(tmp_path)
+    shutil.rmtree(folder)  # moved or deleted: checkpoint.pt holds every weight and the architecture
+    model = load_run(tmp_path / "run")
+    a, b = trained.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    clip = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(merge_adapters(model)(clip), trained(clip), atol=1e-5)
+
+
+def test_old_checkpoint_without_architecture_names_the_missing_folder(tmp_path):
+    import shutil
+
+    from zeroi2v.train import load_run, save_checkpoint
+    trained, folder = _local_backbone_run(tmp_path)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    del ckpt["backbone_cfg"]  # as written before checkpoints recorded it
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", ckpt)
+    assert torch.equal(load_run(tmp_path / "run").head.weight, trained.head.weight)  # folder there: still loads
+    shutil.rmtree(folder)
+    with pytest.raises(FileNotFoundError) as e:
+        load_run(tmp_path / "run")
+    message = str(e.value)
+    assert str(folder) in message and "checkpoint.pt" in message and "put" in message and "\n" not in message

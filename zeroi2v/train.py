@@ -260,7 +260,9 @@ def _class_names(*candidates: Any) -> list[str] | None:
 # --- checkpoints and logs --------------------------------------------------------------------------
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file, then ``os.replace``: a reader never sees half a checkpoint."""
+    """``torch.save`` to a temporary file, then ``os.replace``: a reader never sees half a checkpoint.
+    ``train`` stores ``model`` (weights), ``config`` and ``backbone_cfg`` (the backbone's architecture),
+    so that ``load_run`` needs nothing but the run folder."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -268,21 +270,63 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+RUN_CHECKPOINT = "a checkpoint written by `zeroi2v train`"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by ``train`` (tensors and plain types only: ``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by ``train``: tensors and plain types only (``weights_only=True``); anything
+    else (empty, text, truncated, pickled code, another program's file) is a one-line error naming it."""
+    from zeroi2v.backbones import describe_contents, load_torch_data
+    state = load_torch_data(path, RUN_CHECKPOINT)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} holds {describe_contents(state)} without model weights: it is not {RUN_CHECKPOINT}")
+    return state
 
 
 def load_run(run: str | Path) -> nn.Module:
-    """The trained model of a run folder (``config.yaml`` + ``checkpoint.pt``), in eval mode."""
-    from zeroi2v.config import load_config
+    """The trained model of a run folder, in eval mode, from the folder alone: ``checkpoint.pt`` holds the
+    weights, the config and the backbone's architecture, so a ``local-dir:`` backbone that has moved or a
+    hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded look the
+    backbone's config up by the name in the run's config)."""
+    from zeroi2v.model import ModelConfig, build_from_backbone_cfg
     run = Path(run)
-    if not (run / "config.yaml").is_file() or not (run / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"{run} is not a training run folder (needs config.yaml and checkpoint.pt)")
-    cfg = load_config(run / "config.yaml")
-    model = create_model(cfg.model, pretrained=None)
-    model.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
+    path = run / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder (needs {CHECKPOINT}, written by `zeroi2v train`)")
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"]["model"]) if isinstance(ckpt.get("config"), dict) \
+            else _run_config(run).model
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} holds a model config this version cannot read ({e})") from e
+    model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit its model config "
+                         f"({' '.join(str(e).split())[:300]})") from e
     return model.eval()
+
+
+def _run_config(run: Path) -> Config:
+    from zeroi2v.config import load_config
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run / CHECKPOINT} holds no config and {run / 'config.yaml'} is missing")
+    return load_config(run / "config.yaml")
+
+
+def _old_backbone_cfg(path: Path, cfg: ModelConfig) -> dict[str, Any]:
+    """The architecture of a checkpoint written before ``backbone_cfg`` was recorded, looked up by name as
+    training did then (a pretrained tag could switch QuickGELU on; a weights file did not)."""
+    from zeroi2v.backbones import backbone_architecture
+    tag = None if cfg.pretrained is None or Path(cfg.pretrained).is_file() else cfg.pretrained
+    try:
+        return backbone_architecture(cfg.backbone, tag)
+    except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{path} predates checkpoints that record their backbone's architecture, and its backbone "
+            f"{cfg.backbone} cannot be read ({e}). Fix: put that folder back (only its open_clip_config.json "
+            f"is read), then merge or evaluate again") from e
 
 
 class RunLog:
@@ -454,7 +498,7 @@ def _train(cfg: Config, env: DistEnv, resume: bool, force: bool, model: nn.Modul
                 "steps_per_epoch": steps_per_epoch, "train_clips": len(train_set), "world_size": env.world,
                 "history": history,
                 "sampler": {"seed": t.seed, "epoch": epoch, "skip": step_in_epoch * accum * t.batch_size},
-                "config": cfg.to_dict()})
+                "backbone_cfg": getattr(model, "backbone_cfg", None), "config": cfg.to_dict()})
 
     def reduce(*values: float) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64, device=device)
