@@ -23,13 +23,13 @@ def test_overrides_are_coerced_by_field_type():
                              "train.max_steps=7", "data.format_args.split=2", "model.pretrained=none",
                              "optim.clip_grad=1", "model.adapter_placement=6"])
     assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
-    assert cfg.model.offsets == "1x2,-1x2,0x8"
+    assert cfg.model.temporal["offsets"] == "1x2,-1x2,0x8"
     assert cfg.data.flip_label_map is None
     assert cfg.data.randaugment == (9, 2) and cfg.optim.betas == (0.8, 0.99)
     assert cfg.train.deterministic is True and cfg.train.max_steps == 7
     assert cfg.data.format_args == {"split": 2}
     assert cfg.model.pretrained is None and cfg.optim.clip_grad == 1.0
-    assert cfg.model.adapter_placement == "6"
+    assert str(cfg.model.adapter["placement"]) == "6"
     assert load_config(None, ["data.randaugment=null"]).data.randaugment is None
 
 
@@ -54,7 +54,7 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
 @pytest.mark.parametrize("data, key, hint", [
     ({"optim": {"lrr": 1}}, "optim.lrr", "weight_decay"),
     ({"bogus": {}}, "bogus", "optim"),
-    ({"model": {"num_heads": 3}}, "model.num_heads", "adapter_scale"),
+    ({"model": {"num_heads": 3}}, "model.num_heads", "temporal_embedding"),
     ({"data": {"format_args": {"split": 1}, "roots": "/x"}}, "data.roots", "train_ann"),
 ])
 def test_unknown_keys_name_the_dotted_key_and_known_keys(tmp_path, data, key, hint):
@@ -88,13 +88,13 @@ def test_wrong_type_message_shows_the_value():
     ("train.amp=fp8", "train.amp"),
     ("data.sampler=random", "data.sampler"),
     ("data.flip_label_map=kinetics", "data.flip_label_map"),
-    ("model.offsets=1x20", "model.offsets"),             # more temporal heads than ViT-B has
-    ("model.offsets=9x1", "model.offsets"),              # |Δt| beyond an 8-frame clip
+    ("model.temporal.offsets=1x20", "model.temporal.offsets"),   # more temporal heads than ViT-B has
+    ("model.temporal.offsets=9x1", "model.temporal.offsets"),    # |Δt| beyond an 8-frame clip
     ("model.backbone=ViT-Q-99", "model.backbone"),
     ("data.num_frames=16", "data.num_frames"),           # disagrees with model.num_frames
     ("test.crops=2", "test.crops"),
     ("data.flip=1.5", "data.flip"),
-    ("model.adapter_placement=5", "model.adapter_placement"),
+    ("model.adapter.placement=5", "model.adapter.placement"),
     ("noequals", "key.sub=value"),
 ])
 def test_invalid_values_are_rejected(override, key):
@@ -116,38 +116,39 @@ def test_every_shipped_config_is_valid_and_follows_the_recipe(path):
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.test
     facts = check_model_config(m)  # resolves the backbone config and the Δt preset, builds no weights
     heads = {"ViT-B-16": 12, "ViT-L-14": 16}[m.backbone]
-    assert facts["heads"] == heads and len(facts["offsets"]) == facts["layers"]
-    assert m.offsets in PRESETS
-    assert facts["offsets"][0] == parse_offsets(PRESETS[m.offsets], heads, m.num_frames)
-    temporal = [x for x in facts["offsets"][0] if x]
+    offsets = facts["temporal"]["offsets"]
+    assert facts["heads"] == heads and len(offsets) == facts["layers"]
+    assert m.temporal["kind"] == "stdha" and m.temporal["offsets"] in PRESETS
+    assert tuple(offsets[0]) == parse_offsets(PRESETS[m.temporal["offsets"]], heads, m.num_frames)
+    temporal = [x for x in offsets[0] if x]
     assert 2 <= len(temporal) <= heads // 2 and max(abs(x) for x in temporal) < m.num_frames
-    assert m.pretrained == "openai" and m.finetune == "adapters" and m.adapter == "linear"
+    assert m.pretrained == "openai" and m.finetune == "adapters" and m.adapter["kind"] == "linear"
     assert o.lr == pytest.approx(3e-4) and o.weight_decay == pytest.approx(0.05) and o.betas == (0.9, 0.999)
     assert o.warmup_epochs == 2.5 and o.warmup_start_factor == 0.1 and cfg.train.total_batch == 64
     assert o.backbone_lr_mult == (0.1 if m.backbone == "ViT-L-14" else 1.0)
     assert d.randaugment == (7, 4) and d.flip == 0.5 and d.short_side == 256 and d.size == 224
-    assert m.offsets.startswith(f"{path.stem.split('_')[0]}_vit_{'l' if 'vit_l' in path.stem else 'b'}_") \
+    assert m.temporal["offsets"].startswith(f"{path.stem.split('_')[0]}_vit_{'l' if 'vit_l' in path.stem else 'b'}_") \
         or path.stem.split("_")[0] in ("ucf101", "hmdb51", "diving48")
     dataset = path.stem.split("_")[0]
     if dataset == "k400":
         assert d.sampler == "dense" and d.interval * m.num_frames == 128  # 8x16, 16x8, 32x4
-        assert (t.clips, t.crops) == (3, 1) and m.adapter_scale == 0.5 and m.adapter_dropout == 0.1
+        assert (t.clips, t.crops) == (3, 1) and m.adapter['scale'] == 0.5 and m.adapter['dropout'] == 0.1
         assert o.epochs == 40 and o.label_smoothing == 0 and d.random_erasing == 0 and d.flip_label_map is None
         assert m.num_classes == 400
     elif dataset == "ssv2":
-        assert d.sampler == "uniform" and (t.clips, t.crops) == (1, 3) and m.adapter_scale == 1.0
+        assert d.sampler == "uniform" and (t.clips, t.crops) == (1, 3) and m.adapter['scale'] == 1.0
         assert o.label_smoothing == 0.1 and d.random_erasing == 0.25 and d.flip_label_map == "ssv2"
         assert o.epochs == 50 and m.num_classes == 174
         six = m.backbone == "ViT-B-16" and m.num_frames == 8
-        assert facts["adapter_slots"] == (("q_in", "k_in", "v_in", "attn_out", "mlp_in", "mlp_out") if six
-                                          else ("attn_in", "attn_out", "mlp_in", "mlp_out"))
-        assert m.adapter_dropout == (0.0 if m.backbone == "ViT-B-16" else 0.1)
+        assert facts["adapter"]["placement"] == (["q_in", "k_in", "v_in", "attn_out", "mlp_in", "mlp_out"] if six
+                                                 else ["attn_in", "attn_out", "mlp_in", "mlp_out"])
+        assert m.adapter['dropout'] == (0.0 if m.backbone == "ViT-B-16" else 0.1)
     elif dataset in ("ucf101", "hmdb51"):
-        assert d.sampler == "uniform" and (t.clips, t.crops) == (1, 3) and m.adapter_scale == 0.5
+        assert d.sampler == "uniform" and (t.clips, t.crops) == (1, 3) and m.adapter['scale'] == 0.5
         assert m.num_classes == {"ucf101": 101, "hmdb51": 51}[dataset] and d.format == dataset
         assert d.format_args["split"] == 1
     else:
-        assert dataset == "diving48" and d.sampler == "uniform" and m.adapter_scale == 1.0 and m.num_classes == 48
+        assert dataset == "diving48" and d.sampler == "uniform" and m.adapter['scale'] == 1.0 and m.num_classes == 48
         assert "no Diving48 config" in path.read_text()
     assert Config.from_dict(cfg.to_dict()) == cfg
 

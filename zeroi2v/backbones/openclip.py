@@ -30,7 +30,9 @@ import torch
 import torch.nn as nn
 from open_clip.model import _build_vision_tower  # the one builder open_clip uses for every ViT tower
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+from zeroi2v.backbones.base import BACKBONES, Backbone, BlockLayout
+
+CONFIG_DIR = Path(__file__).parent.parent / "model_configs"
 LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -347,3 +349,91 @@ def save_local_dir(visual: nn.Module, model_cfg: dict[str, Any], folder: str | P
     tmp.replace(folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
     return f"{LOCAL_DIR}{folder}"
+
+
+# --- the backbone protocol (zeroi2v.backbones.base) ---------------------------------------------------
+
+@BACKBONES.register("open_clip")
+class OpenCLIP(Backbone):
+    """open_clip's ``VisionTransformer`` (class-token ViTs: CLIP ViT-B/16, ViT-L/14, our small configs).
+
+    Names: an open_clip model name ('ViT-B-16'), one of ours in ``model_configs/``, or
+    ``local-dir:/path`` (open_clip's directory layout), with an optional ``open_clip:`` prefix.
+    """
+
+    prefix = "open_clip:"
+    layout = BlockLayout(
+        norm1="ln_1", ls1=("ls_1",), norm2="ln_2", ls2=("ls_2",), act=("mlp.gelu",), heads="attn",
+        projections={"qkv": ("attn", "in_proj_weight", "in_proj_bias"),
+                     "attn_out": ("attn.out_proj", "weight", "bias"),
+                     "fc1": ("mlp.c_fc", "weight", "bias"), "fc2": ("mlp.c_proj", "weight", "bias")})
+    pool_norm = "ln_post"
+    no_weight_decay = ("class_embedding", "positional_embedding")
+
+    @classmethod
+    def arch(cls, name: str) -> dict[str, Any]:
+        return get_model_config(name)
+
+    @classmethod
+    def facts(cls, arch: dict[str, Any]) -> dict[str, int]:
+        vision = arch["vision_cfg"]
+        width = int(vision["width"])
+        size = vision.get("image_size", 224)
+        return {"width": width, "layers": int(vision["layers"]), "heads": width // int(vision.get("head_width", 64)),
+                "image_size": int(size[0] if isinstance(size, (list, tuple)) else size)}
+
+    @classmethod
+    def create(cls, name: str, pretrained: str | None) -> tuple[nn.Module, dict[str, Any]]:
+        tower, arch = create_visual(name, pretrained)
+        return _checked(tower), arch
+
+    @classmethod
+    def build(cls, arch: dict[str, Any]) -> nn.Module:
+        return _checked(build_visual(arch))
+
+    @classmethod
+    def blocks(cls, tower: nn.Module) -> nn.ModuleList:
+        return tower.transformer.resblocks
+
+    @classmethod
+    def embed(cls, tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        x = tower.conv1(images).flatten(2).transpose(1, 2)
+        x = torch.cat([tower.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+        return x + tower.positional_embedding.to(x.dtype)
+
+    @classmethod
+    def pre_blocks(cls, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return tower.ln_pre(tower.patch_dropout(x))
+
+    @classmethod
+    def pool(cls, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return tower.ln_post(x[:, 0])
+
+    @classmethod
+    def image_features(cls, tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return tower(images)
+
+    @classmethod
+    def image_size(cls, tower: nn.Module) -> int:
+        size = tower.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+    @classmethod
+    def grid(cls, tower: nn.Module) -> tuple[int, int]:
+        grid = tower.grid_size
+        return (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (int(grid), int(grid))
+
+    @classmethod
+    def width(cls, tower: nn.Module) -> int:
+        return tower.class_embedding.shape[-1]
+
+
+def _checked(tower: nn.Module) -> nn.Module:
+    """The tower as the video model uses it: class-token pooling, no image-text projection."""
+    if getattr(tower, "attn_pool", None) is not None or getattr(tower, "pool_type", "tok") != "tok":
+        raise NotImplementedError("only class-token ViTs are supported (no attention or average pooling)")
+    for blk in tower.transformer.resblocks:
+        if getattr(blk, "ln_attn", None) is not None and not isinstance(blk.ln_attn, nn.Identity):
+            raise NotImplementedError("blocks with an inner attention norm are not supported")
+    tower.proj = None
+    return tower
