@@ -1,5 +1,9 @@
 """Config: strict keys and types, --set coercion, YAML round trip, and every file in configs/."""
+import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +180,82 @@ def test_non_utf8_config_names_the_file_and_line(tmp_path):
     path.write_bytes("model:\n  class_names: [caf\u00e9]\n".encode("latin-1"))
     with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: not UTF-8 text") + ".*save it as UTF-8"):
         load_config(path)
+
+
+# --- configs that inherit (base:), read without torch -----------------------------------------------
+
+def test_a_child_overriding_one_nested_key_resolves_to_its_base_with_that_key_changed(tmp_path):
+    base = CONFIGS[0]
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {os.path.relpath(base, tmp_path)}\noptim:\n  lr: 1.0e-3\n")
+    want = load_config(base)
+    got = load_config(child)
+    assert got.optim.lr == 1e-3 and got != want
+    assert got == dataclasses.replace(want, optim=dataclasses.replace(want.optim, lr=1e-3))
+
+
+def test_a_child_naming_another_kind_replaces_the_spec_of_its_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("model:\n  backbone: zeroi2v-micro\n  num_frames: 4\n"
+                                     "  adapter: {kind: linear, placement: '6', scale: 0.5}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel:\n  adapter: {scale: 2.0}\n")
+    assert load_config(tmp_path / "b.yaml").model.adapter == {"kind": "linear", "placement": "6", "scale": 2.0,
+                                                           "ratio": 0.25, "dropout": 0.0}
+    from zeroi2v.config_files import merge_data
+    merged = merge_data({"adapter": {"kind": "linear", "placement": "6", "scale": 0.5}},
+                        {"adapter": {"kind": "lora", "rank": 4}})
+    assert merged == {"adapter": {"kind": "lora", "rank": 4}}
+
+
+def test_a_base_cycle_or_a_missing_base_is_a_clear_error_naming_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\noptim: {lr: 1}\n")
+    with pytest.raises(ValueError, match=r"b\.yaml: 'base: a\.yaml' makes a cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: ../nowhere/d.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"c\.yaml: 'base: \.\./nowhere/d\.yaml' names .*d\.yaml, which does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "e.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ValueError, match=r"e\.yaml: 'base' must be the path of another config file"):
+        load_config(tmp_path / "e.yaml")
+
+
+def test_reading_a_config_imports_neither_torch_nor_open_clip():
+    code = ("import sys; from zeroi2v.config import read_config; "
+            f"c = read_config({str(CONFIGS[0])!r}, ['optim.lr=1e-4']); assert c.optim.lr == 1e-4; "
+            "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_shipped_configs_hold_only_what_differs_from_their_base():
+    from zeroi2v.config_files import read_chain, read_yaml
+    for path in sorted(CONFIGS[0].parent.rglob("*.yaml")):
+        data = read_yaml(path)
+        if "base" not in data:
+            continue
+        parent = read_chain(path.parent / data["base"])
+        for section, values in data.items():
+            if section == "base":
+                continue
+            same = [k for k, v in values.items() if parent.get(section, {}).get(k) == v]
+            assert not same, f"{path.name} repeats its base's {section}.{same}"
+
+
+def test_a_spec_of_another_kind_does_not_inherit_the_default_kinds_keys():
+    from zeroi2v.config import config_from_data
+    cfg = config_from_data({"model": {"temporal": {"kind": "token_shift", "fraction": 0.25}, "adapter": None}})
+    assert cfg.model.temporal == {"kind": "token_shift", "fraction": 0.25} and cfg.model.adapter is None
+    cfg = config_from_data({"model": {"temporal": {"offsets": "1x2"}}})
+    assert cfg.model.temporal == {"kind": "stdha", "offsets": "1x2", "boundary": "self"}
+
+
+def test_config_show_prints_the_resolved_validated_config(capsys):
+    from zeroi2v.cli import main
+    path = CONFIGS[0].parent / "k400_vit_l14_16f.yaml"
+    assert main(["config", "show", str(path), "--set", "optim.lr=1e-4"]) == 0
+    out = capsys.readouterr().out
+    shown = yaml.safe_load(out)
+    want = load_config(path, ["optim.lr=1e-4"]).to_dict()
+    assert shown == want and shown["model"]["backbone"] == "ViT-L-14" and shown["data"]["format"] == "kinetics"
+    assert main(["config", "show", str(path), "--set", "model.temporal.offsets=1x40"]) == 2
+    assert "model.temporal.offsets" in capsys.readouterr().err

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import typing
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn as nn
 
 from zeroi2v.adapters import SLOTS
 from zeroi2v.backbones import Backbone, Projection, display_name
+from zeroi2v.files import atomic_write, atomic_write_text
 from zeroi2v.model import ModelConfig, ZeroI2V, build_from_backbone_cfg
 
 FORMAT = "zeroi2v-merged"
@@ -119,8 +119,8 @@ def save_merged(model: ZeroI2V, folder: str | Path, extra: dict[str, Any] | None
     check_merged_config(config, f"cannot write {folder / CONFIG}")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2), encoding="utf-8"))
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=2))
     return folder
 
 
@@ -272,9 +272,3 @@ def _check_extras(config: dict[str, Any], cfg: ModelConfig, bad) -> None:
         bad(f"'facts' must be a JSON object (name: value), got a JSON {type(facts).__name__}; fix or remove it")
     if size is not None and (not _whole(size) or size < 1):
         bad(f"'image_size' must be a whole number >= 1, got {size!r}; {REMAKE}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)

@@ -31,6 +31,7 @@ import torch.nn as nn
 from open_clip.model import _build_vision_tower  # the one builder open_clip uses for every ViT tower
 
 from zeroi2v.backbones.base import BACKBONES, Backbone, BlockLayout
+from zeroi2v.files import atomic_write, atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent.parent / "model_configs"
 LOCAL_DIR = "local-dir:"
@@ -344,10 +345,8 @@ def save_local_dir(visual: nn.Module, model_cfg: dict[str, Any], folder: str | P
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"visual.{k}": v.detach().contiguous() for k, v in visual.state_dict().items()}
     tensors.update(extra_tensors or {})
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
-    (folder / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    atomic_write_text(folder / CONFIG_FILE, json.dumps({"model_cfg": model_cfg}, indent=2))
     return f"{LOCAL_DIR}{folder}"
 
 
