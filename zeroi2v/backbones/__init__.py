@@ -11,15 +11,18 @@ import re
 from pathlib import PurePath
 
 from zeroi2v.backbones.base import BACKBONES, PROJECTIONS, Backbone, BlockLayout, Projection
-from zeroi2v.backbones.openclip import (CONFIG_DIR, CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, OpenCLIP, build_visual,
-                                        create_visual, get_model_config, list_backbones, load_state_dict_file,
-                                        save_local_dir)
+from zeroi2v.backbones.openclip import (CONFIG_DIR, CONFIG_FILE, LOCAL_DIR, WEIGHTS_FILE, OpenCLIP,
+                                        backbone_architecture, build_visual, create_visual, get_model_config,
+                                        list_backbones, save_local_dir)
+from zeroi2v.backbones.weights import (describe_contents, is_torchscript_archive, load_state_dict_file,
+                                       load_torch_data, read_torchscript_tensors)
 
 DEFAULT_FAMILY = "open_clip"
 
 __all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "family_of",
            "display_name", "CONFIG_DIR", "CONFIG_FILE", "LOCAL_DIR", "WEIGHTS_FILE", "build_visual", "create_visual",
-           "get_model_config", "list_backbones", "load_state_dict_file", "save_local_dir"]
+           "get_model_config", "list_backbones", "load_state_dict_file", "save_local_dir", "backbone_architecture",
+           "describe_contents", "is_torchscript_archive", "load_torch_data", "read_torchscript_tensors"]
 
 
 def family_of(name: str) -> tuple[type[Backbone], str]:
