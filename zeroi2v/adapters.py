@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 import torch
 import torch.nn as nn
 
-from zeroi2v.registry import Registry
+from zeroi2v.registry import Registry, with_defaults
 
 ADAPTERS = Registry("adapter kind")
 MERGE_KINDS = ("affine", "delta", None)
@@ -85,11 +85,7 @@ class Adapter(nn.Module):
     @classmethod
     def check_spec(cls, spec: Mapping[str, Any]) -> dict:
         """The complete spec (defaults filled in); ValueError naming the key (caller adds ``model.adapter.``)."""
-        unknown = sorted(set(spec) - set(cls.defaults))
-        if unknown:
-            raise ValueError(f"{unknown[0]}: not a key of adapter kind {cls.registry_name!r}; "
-                             f"its keys are {['kind', 'placement', *sorted(cls.defaults)]}")
-        return {**cls.defaults, **spec}
+        return with_defaults(spec, cls.defaults, f"adapter kind {cls.registry_name!r}", also=("kind", "placement"))
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, in_dim: int, out_dim: int, slot: str) -> "Adapter":

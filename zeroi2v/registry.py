@@ -11,7 +11,7 @@ model, the merge and the config validation look parts up here and never name the
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -37,3 +37,13 @@ class Registry(dict):
         if name not in self:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self))}")
         return self[name]
+
+
+def with_defaults(spec: Mapping[str, Any], defaults: Mapping[str, Any], what: str,
+                  also: Iterable[str] = ()) -> dict[str, Any]:
+    """``spec`` over ``defaults``; a key that is not a default is a ValueError ``"key: not a key of {what}"``
+    (``also``: keys handled elsewhere, listed in the message)."""
+    unknown = sorted(set(spec) - set(defaults))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a key of {what}; its keys are {[*also, *sorted(defaults)] or 'none'}")
+    return {**defaults, **spec}

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 import torch.nn as nn
 
-from zeroi2v.registry import Registry
+from zeroi2v.registry import Registry, with_defaults
 
 TEMPORAL = Registry("temporal operator")
 DEFAULT_KIND = "stdha"
@@ -46,11 +46,7 @@ class TemporalOperator(nn.Module):
         Returns the complete spec (defaults filled in, values normalised) that ``from_spec`` takes.
         Raises ValueError naming the spec key (the caller prefixes ``model.temporal.``).
         """
-        unknown = sorted(set(spec) - set(cls.defaults))
-        if unknown:
-            raise ValueError(f"{unknown[0]}: not a key of temporal operator {cls.registry_name!r}; "
-                             f"its keys are {sorted(cls.defaults) or 'none'}")
-        return {**cls.defaults, **spec}
+        return with_defaults(spec, cls.defaults, f"temporal operator {cls.registry_name!r}", also=("kind",))
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, layer: int, num_heads: int, num_frames: int) -> "TemporalOperator":
