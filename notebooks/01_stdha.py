@@ -232,8 +232,9 @@ assert STDHA(toy_offsets, T).temporal_heads == [0, 1, 2]
 # ## Zero extra parameters, zero extra FLOPs
 #
 # Three models on the same clip: the image ViT run frame by frame (`PlainViT`), the video model with
-# every $\Delta t = 0$, and the video model with STDHA. No adapters and no temporal embedding here,
-# so STDHA is the only difference. FLOPs are multiply-adds (the paper's convention) for 8 frames ×
+# every $\Delta t = 0$, and the video model with STDHA. The model config names the operator of every
+# block and its spec, `temporal={"kind": "stdha", "offsets": ..., "boundary": "self"}` (offsets `None`:
+# all heads spatial). No adapters and no temporal embedding here, so STDHA is the only difference. FLOPs are multiply-adds (the paper's convention) for 8 frames ×
 # 3 views; the full-size run builds ViT-B/16 on PyTorch's `meta` device, which has shapes but no
 # memory or arithmetic, so counting takes a second (paper Table 4: 422 GFLOPs). `SMALL` counts
 # `zeroi2v-tiny` for real.
@@ -250,8 +251,8 @@ FRAMES, VIEWS = 8, 3
 
 with torch.device(device):
     kw = dict(backbone=backbone, num_classes=400, num_frames=FRAMES, adapter=None, temporal_embedding=False)
-    spatial = create_model(offsets=None, **kw).eval()   # Δt = 0 in every head of every layer
-    stdha = create_model(offsets=spec, **kw).eval()
+    spatial = create_model(temporal={"kind": "stdha", "offsets": None}, **kw).eval()  # Δt = 0 in every head
+    stdha = create_model(temporal={"kind": "stdha", "offsets": spec}, **kw).eval()
     plain = PlainViT(spatial)
     video = torch.randn(1, 3, FRAMES, size, size)
 
