@@ -25,8 +25,8 @@
 # * adapter after $P$: $W' = W_A W_P$, $b' = W_A b_P + b_A$
 #
 # The merged model is the plain image ViT + STDHA (no parameters) + a temporal embedding + the
-# classifier: zero extra inference cost. This notebook checks each of those claims. The model config
-# names the adapters of every block:
+# classifier: zero extra inference cost. This notebook checks each of those claims, then adds an adapter
+# kind of its own. The model config names the adapters of every block:
 # `adapter={"kind": "linear", "placement": "4", "ratio": 0.25, "scale": 1.0, "dropout": 0.0}`
 # (`None`: no adapters).
 
@@ -271,3 +271,62 @@ with torch.no_grad():
 print(f"\nloaded vs merged: {gap_merged:.1e}   loaded vs unmerged trained model: {gap_trained:.1e}")
 assert gap_merged <= 1e-6 and gap_trained <= 1e-4
 shutil.rmtree(tmp)
+
+
+# %% [markdown]
+# ## Your own adapter kind
+#
+# The linear adapter is one *adapter kind*: `zeroi2v.adapters.ADAPTERS` maps the config's
+# `adapter: {kind, placement, ...}` to a class, and every kind declares how it merges (`merge`):
+# `"affine"` (in series with its projection, folded by Eq. 11 as above), `"delta"` (in parallel with
+# it, $P(x) + \Delta W x + \Delta b$, merged by adding $\Delta W, \Delta b$ to $W_P, b_P$), or `None`
+# with a reason (merging such a model is refused and says why). A new kind is an `Adapter` subclass
+# plus one `register` line; `merge_adapters` folds it without knowing its name.
+#
+# Below, a parallel low-rank adapter in the style of LoRA, $\Delta(x) = W_{up} W_{down} x + b_{up}$,
+# on Q, V (LoRA's usual choice) and fc1 of a tiny model, with random weights as if trained.
+# `from_spec` gets the input and output width of its slot's projection. Our names start with `my_` so
+# they never clash with a later built-in.
+
+# %%
+import torch.nn as nn
+
+from zeroi2v.adapters import ADAPTERS, Adapter
+
+ADAPTERS.pop("my_low_rank", None)  # lets this cell run twice
+
+
+@ADAPTERS.register("my_low_rank")
+class MyLowRank(Adapter):
+    """In parallel with its slot's projection P: ``P(x) + up(down(x))``, merged as a weight delta."""
+    merge = "delta"
+    defaults = {"rank": 4}  # every spec key besides kind and placement, with its default
+
+    @classmethod
+    def from_spec(cls, spec, *, in_dim, out_dim, slot):
+        return cls(in_dim, out_dim, spec["rank"])
+
+    def __init__(self, in_dim, out_dim, rank):
+        super().__init__()
+        self.down, self.up = nn.Linear(in_dim, rank, bias=False), nn.Linear(rank, out_dim)
+        nn.init.zeros_(self.up.weight)  # starts as the image model
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):
+        return self.up(self.down(x))
+
+    def as_delta(self):  # (ΔW, Δb) with forward(x) == x @ ΔW.T + Δb
+        return self.up.weight.double() @ self.down.weight.double(), self.up.bias.double()
+
+
+mine = trained_like(create_model(backbone="zeroi2v-tiny", num_classes=10, num_frames=8, adapter={
+    "kind": "my_low_rank", "placement": ["q_in", "v_in", "mlp_in"], "rank": 4}))
+folded = merge_adapters(mine)
+toy_clip = torch.randn(2, 3, 8, mine.image_size, mine.image_size)
+with torch.no_grad():
+    ours, plain = mine(toy_clip), folded(toy_clip)
+gap = (ours - plain).abs().max().item()
+print("resolved spec:", mine.adapter_spec)
+print(f"{sum(len(b.adapters) for b in mine.blocks)} adapters ({count_params(mine) - count_params(folded):,} "
+      f"parameters) merged away; max |Δlogit| merged vs unmerged {gap:.2e} (max |logit| {ours.abs().max():.2f})")
+assert gap <= 1e-4 and not any(len(b.adapters) for b in folded.blocks)
