@@ -171,8 +171,3 @@ def build_adapters(resolved: Mapping[str, Any] | None, dims: Mapping[str, tuple[
     cls, slots = ADAPTERS[spec.pop("kind")], spec.pop("placement")
     return {s: cls.from_spec(spec, in_dim=dims[SLOTS[s].projection][0], out_dim=dims[SLOTS[s].projection][1], slot=s)
             for s in slots}
-
-
-def build_adapter(kind: str, dim: int, **kwargs) -> nn.Module:
-    """One adapter of ``kind`` on ``dim`` channels (a square slot); kept for notebooks and tests."""
-    return ADAPTERS.get_class(kind)(dim, **kwargs)
