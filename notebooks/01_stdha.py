@@ -26,7 +26,8 @@
 #
 # The shift is a gather on K and V, so STDHA adds **no parameter and no FLOP**. This notebook parses
 # the $\Delta t$ multisets, draws which frame every head reads, checks on a toy tensor that a temporal
-# head really reads another frame, and counts parameters and FLOPs.
+# head really reads another frame, counts parameters and FLOPs, and ends with a temporal operator of
+# its own.
 
 # %%
 import os
@@ -232,8 +233,9 @@ assert STDHA(toy_offsets, T).temporal_heads == [0, 1, 2]
 # ## Zero extra parameters, zero extra FLOPs
 #
 # Three models on the same clip: the image ViT run frame by frame (`PlainViT`), the video model with
-# every $\Delta t = 0$, and the video model with STDHA. No adapters and no temporal embedding here,
-# so STDHA is the only difference. FLOPs are multiply-adds (the paper's convention) for 8 frames ×
+# every $\Delta t = 0$, and the video model with STDHA. The model config names the operator of every
+# block and its spec, `temporal={"kind": "stdha", "offsets": ..., "boundary": "self"}` (offsets `None`:
+# all heads spatial). No adapters and no temporal embedding here, so STDHA is the only difference. FLOPs are multiply-adds (the paper's convention) for 8 frames ×
 # 3 views; the full-size run builds ViT-B/16 on PyTorch's `meta` device, which has shapes but no
 # memory or arithmetic, so counting takes a second (paper Table 4: 422 GFLOPs). `SMALL` counts
 # `zeroi2v-tiny` for real.
@@ -250,8 +252,8 @@ FRAMES, VIEWS = 8, 3
 
 with torch.device(device):
     kw = dict(backbone=backbone, num_classes=400, num_frames=FRAMES, adapter=None, temporal_embedding=False)
-    spatial = create_model(offsets=None, **kw).eval()   # Δt = 0 in every head of every layer
-    stdha = create_model(offsets=spec, **kw).eval()
+    spatial = create_model(temporal={"kind": "stdha", "offsets": None}, **kw).eval()  # Δt = 0 in every head
+    stdha = create_model(temporal={"kind": "stdha", "offsets": spec}, **kw).eval()
     plain = PlainViT(spatial)
     video = torch.randn(1, 3, FRAMES, size, size)
 
@@ -268,3 +270,63 @@ if backbone == "ViT-B-16":
 width = spatial.visual.class_embedding.shape[-1]
 print(f"\nextra for STDHA: {p2 - p1} parameters, {f2 - f1:.0f} GFLOPs. The full ZeroI2V model adds only a "
       f"temporal embedding ({FRAMES} x {width} = {FRAMES * width:,d} parameters).")
+
+
+# %% [markdown]
+# ## Other temporal operators
+#
+# STDHA is one *temporal operator*: the part of every block that lets a frame see other frames.
+# `zeroi2v.temporal.TEMPORAL` maps each `kind` of the config's `temporal:` to a class, and an operator
+# acts in one or both of two places of the block: on the per-head Q, K, V (`qkv`, where STDHA
+# re-indexes K and V) or on the tokens entering the attention branch (`tokens`, after the first norm).
+# A new operator is a `TemporalOperator` subclass plus one `register` line; the model, the merge and
+# the config checks never name it.
+#
+# Below, a temporal channel shift before the attention (the "Shift" rows of paper Table 1a, which
+# STDHA beats at the same channel change ratio): in every token, `channels` channels come from frame
+# $t-1$ and as many from frame $t+1$. Like STDHA it only moves data between frames, so it adds no
+# parameter and no multiply-add. Our names start with `my_` so they never clash with a later built-in.
+
+# %%
+from zeroi2v.temporal import TEMPORAL, TemporalOperator
+
+TEMPORAL.pop("my_token_shift", None)  # lets this cell run twice
+
+
+@TEMPORAL.register("my_token_shift")
+class MyTokenShift(TemporalOperator):
+    """In every token, ``channels`` channels come from frame t-1 and as many from frame t+1."""
+    on_tokens = True            # the block calls tokens(x)
+    defaults = {"channels": 4}  # every spec key, with its default
+
+    @classmethod
+    def from_spec(cls, spec, *, layer, num_heads, num_frames):
+        return cls(spec["channels"], num_frames)
+
+    def __init__(self, channels, num_frames):
+        super().__init__()
+        self.c, self.t = channels, num_frames
+
+    def tokens(self, x):  # (B*T, N, C): frames folded into the batch, frame-major within a video
+        x, c = x.unflatten(0, (-1, self.t)), self.c
+        back = torch.cat([x[:, :1, :, :c], x[:, :-1, :, :c]], dim=1)             # t-1 (frame 0 keeps its own)
+        ahead = torch.cat([x[:, 1:, :, c:2 * c], x[:, -1:, :, c:2 * c]], dim=1)  # t+1 (the last keeps its own)
+        return torch.cat([back, ahead, x[..., 2 * c:]], dim=-1).flatten(0, 1)
+
+
+toy_kw = dict(backbone="zeroi2v-tiny", num_classes=10, num_frames=FRAMES, adapter=None, temporal_embedding=False)
+shift = create_model(temporal={"kind": "my_token_shift", "channels": 8}, **toy_kw).eval()
+still = create_model(temporal={"kind": "stdha", "offsets": None}, **toy_kw).eval()
+still.load_state_dict(shift.state_dict())  # same weights: the operator is the only difference
+clip = torch.randn(1, 3, FRAMES, shift.image_size, shift.image_size)
+with torch.no_grad():
+    changed = (shift(clip) - still(clip)).abs().max().item()
+flops = {name: count_flops(m, clip) for name, m in (("shift", shift), ("still", still))}
+print("resolved spec:", shift.temporal_spec)
+print(f"params: token shift {count_params(shift):,}, Δt = 0 {count_params(still):,} | multiply-adds: "
+      f"{flops['shift']:,} vs {flops['still']:,} | max |Δlogit| between them: {changed:.2e}")
+assert count_params(shift) == count_params(still) and flops["shift"] == flops["still"] and changed > 1e-6
+try:
+    create_model(temporal={"kind": "my_token_shift", "chanels": 8}, **toy_kw)  # a typo: the operator says so
+except ValueError as err:
+    print("ValueError:", err)

@@ -25,7 +25,10 @@
 # * adapter after $P$: $W' = W_A W_P$, $b' = W_A b_P + b_A$
 #
 # The merged model is the plain image ViT + STDHA (no parameters) + a temporal embedding + the
-# classifier: zero extra inference cost. This notebook checks each of those claims.
+# classifier: zero extra inference cost. This notebook checks each of those claims, then adds an adapter
+# kind of its own. The model config names the adapters of every block:
+# `adapter={"kind": "linear", "placement": "4", "ratio": 0.25, "scale": 1.0, "dropout": 0.0}`
+# (`None`: no adapters).
 
 # %%
 import os
@@ -85,20 +88,25 @@ show(fig)
 # %% [markdown]
 # ## Where adapters sit: placements 4, 6 and 3
 #
-# Every block has up to seven slots. "Before" slots fold into the input side of the projection they
-# feed, "after" slots into the output side of the projection they read. Placement `4` is the paper's
-# default, `6` splits the QKV adapter into three (ViT-B, 8-frame SSv2), `3` drops the one after fc2.
+# Every block has up to seven slots. `SLOTS[name]` is a `Slot(projection, side, text)`: the projection
+# the adapter belongs to, and its side. A "before" adapter feeds the projection and folds into its input
+# side ($W_P W_A$), an "after" adapter reads its output and folds into its output side ($W_A W_P$).
+# Projections have the backbone protocol's names (`zeroi2v.backbones`); the open_clip family says which
+# weights they are. Placement `4` is the paper's default, `6` splits the QKV adapter into three
+# (ViT-B, 8-frame SSv2), `3` drops the one after fc2; a list of slot names places adapters anywhere.
 
 # %%
-FOLD = {"attn_in": ("in_proj (Q,K,V)", "W_P·W_A"), "q_in": ("in_proj rows of Q", "W_P·W_A"),
-        "k_in": ("in_proj rows of K", "W_P·W_A"), "v_in": ("in_proj rows of V", "W_P·W_A"),
-        "attn_out": ("out_proj", "W_A·W_P"), "mlp_in": ("mlp.c_fc", "W_P·W_A"), "mlp_out": ("mlp.c_proj", "W_A·W_P")}
-TEX = {"W_P·W_A": "$W_P W_A$", "W_A·W_P": "$W_A W_P$"}
+from zeroi2v.backbones import OpenCLIP
 
-print(f"{'slot':9} {'folds into':18} {'rule':8} " + " ".join(f"{p:>3}" for p in PLACEMENTS) + "  where")
+RULE = {"before": "W_P·W_A", "after": "W_A·W_P"}
+TEX = {"before": "$W_P W_A$", "after": "$W_A W_P$"}
+
+print(f"{'slot':9} {'projection':10} {'side':6} {'rule':8} " + " ".join(f"{p:>3}" for p in PLACEMENTS) + "  where")
 for slot, where in SLOTS.items():
     marks = " ".join(f"{'x' if slot in PLACEMENTS[p] else '.':>3}" for p in PLACEMENTS)
-    print(f"{slot:9} {FOLD[slot][0]:18} {FOLD[slot][1]:8} {marks}  {where}")
+    print(f"{slot:9} {where.projection:10} {where.side:6} {RULE[where.side]:8} {marks}  {where.text}")
+print("\nin open_clip:", ", ".join(f"{name} = {path}.{weight}" for name, (path, weight, _) in
+                                 OpenCLIP.layout.projections.items()), "(q, k, v: its row blocks)")
 
 fig, ax = plt.subplots(figsize=(7.5, 3.2), constrained_layout=True)
 slots, names = list(SLOTS), list(PLACEMENTS)
@@ -107,7 +115,7 @@ ax.imshow(grid.T.numpy(), cmap="Blues", vmin=0, vmax=1.4, aspect="auto")
 for i, s in enumerate(slots):
     for j, p in enumerate(names):
         if grid[i, j]:
-            ax.text(i, j, TEX[FOLD[s][1]], ha="center", va="center", fontsize=10)
+            ax.text(i, j, TEX[SLOTS[s].side], ha="center", va="center", fontsize=10)
 ax.set_xticks(range(len(slots)), slots)
 ax.set_yticks(range(len(names)), [f"placement {p} ({len(PLACEMENTS[p])}/block)" for p in names])
 ax.set_title("adapter slots per placement, with the merge rule of each")
@@ -128,9 +136,11 @@ from zeroi2v.merge import merge_adapters
 from zeroi2v.model import create_model
 
 if SMALL:
-    CFG = dict(backbone="zeroi2v-tiny", num_classes=10, num_frames=8, offsets="1x2,-1x2,0x4")
+    CFG = dict(backbone="zeroi2v-tiny", num_classes=10, num_frames=8,
+               temporal={"kind": "stdha", "offsets": "1x2,-1x2,0x4"})
 else:
-    CFG = dict(backbone="ViT-B-16", num_classes=400, num_frames=8, offsets="k400_vit_b_8")
+    CFG = dict(backbone="ViT-B-16", num_classes=400, num_frames=8,
+               temporal={"kind": "stdha", "offsets": "k400_vit_b_8"})
 
 
 def trained_like(model, seed=0):
@@ -147,7 +157,8 @@ def trained_like(model, seed=0):
 
 
 torch.manual_seed(0)
-models = {p: trained_like(create_model(adapter_placement=p, adapter_scale=0.5, **CFG)) for p in PLACEMENTS}
+models = {p: trained_like(create_model(adapter={"kind": "linear", "placement": p, "scale": 0.5}, **CFG))
+          for p in PLACEMENTS}
 size = models["4"].image_size
 video = torch.randn(2, 3, CFG["num_frames"], size, size)
 
@@ -173,7 +184,7 @@ for p, model in models.items():
 
 # %%
 model, merged, diff = results["4"]
-untrained = create_model(adapter_placement="4", **CFG).eval()
+untrained = create_model(model.cfg).eval()  # same config, fresh (identity) adapters
 untrained.load_state_dict({k: v for k, v in model.state_dict().items() if ".adapters." not in k}, strict=False)
 with torch.no_grad():
     adapter_effect = (untrained(video) - model(video)).abs().max().item()
@@ -227,9 +238,9 @@ show(fig)
 # ## A merged checkpoint
 #
 # `save_merged` writes a directory: `model.safetensors` (open_clip's visual state dict, untouched key
-# names, + `temporal_embedding` + `head`) and `config.json` (the model config with `adapter: null`,
-# the open_clip backbone config and the offsets of every layer). `load_merged` rebuilds the model from
-# that alone: no adapter code, no name lookup, no download.
+# names, + `temporal_embedding` + `head`) and `config.json` (the model config with `adapter: null` and
+# the complete temporal spec, with the offsets of every layer, plus the open_clip backbone config).
+# `load_merged` rebuilds the model from that alone: no adapter code, no name lookup, no download.
 
 # %%
 import json
@@ -245,11 +256,12 @@ for f in sorted(folder.iterdir()):
     print(f"{f.name:20} {f.stat().st_size / 1e6:8.2f} MB")
 
 config = json.loads((folder / "config.json").read_text())
-print("\nconfig.json keys:", list(config))
-print("model:", json.dumps({k: config["model"][k] for k in ("backbone", "num_classes", "num_frames", "offsets",
-                                                             "boundary", "adapter", "adapter_placement")}))
+print("\nconfig.json keys:", list(config), "| format version", config["version"])
+print("model:", json.dumps({k: config["model"][k] for k in ("backbone", "num_classes", "num_frames", "adapter")}))
+temporal = config["model"]["temporal"]
+print(f"temporal: kind {temporal['kind']!r}, boundary {temporal['boundary']!r}, "
+      f"offsets of layer 0 (of {len(temporal['offsets'])}): {temporal['offsets'][0]}")
 print("backbone vision_cfg:", json.dumps(config["backbone_cfg"]["vision_cfg"]))
-print("offsets of layer 0:", config["offsets_per_layer"][0])
 assert config["model"]["adapter"] is None
 
 loaded = load_merged(folder)
@@ -259,3 +271,62 @@ with torch.no_grad():
 print(f"\nloaded vs merged: {gap_merged:.1e}   loaded vs unmerged trained model: {gap_trained:.1e}")
 assert gap_merged <= 1e-6 and gap_trained <= 1e-4
 shutil.rmtree(tmp)
+
+
+# %% [markdown]
+# ## Your own adapter kind
+#
+# The linear adapter is one *adapter kind*: `zeroi2v.adapters.ADAPTERS` maps the config's
+# `adapter: {kind, placement, ...}` to a class, and every kind declares how it merges (`merge`):
+# `"affine"` (in series with its projection, folded by Eq. 11 as above), `"delta"` (in parallel with
+# it, $P(x) + \Delta W x + \Delta b$, merged by adding $\Delta W, \Delta b$ to $W_P, b_P$), or `None`
+# with a reason (merging such a model is refused and says why). A new kind is an `Adapter` subclass
+# plus one `register` line; `merge_adapters` folds it without knowing its name.
+#
+# Below, a parallel low-rank adapter in the style of LoRA, $\Delta(x) = W_{up} W_{down} x + b_{up}$,
+# on Q, V (LoRA's usual choice) and fc1 of a tiny model, with random weights as if trained.
+# `from_spec` gets the input and output width of its slot's projection. Our names start with `my_` so
+# they never clash with a later built-in.
+
+# %%
+import torch.nn as nn
+
+from zeroi2v.adapters import ADAPTERS, Adapter
+
+ADAPTERS.pop("my_low_rank", None)  # lets this cell run twice
+
+
+@ADAPTERS.register("my_low_rank")
+class MyLowRank(Adapter):
+    """In parallel with its slot's projection P: ``P(x) + up(down(x))``, merged as a weight delta."""
+    merge = "delta"
+    defaults = {"rank": 4}  # every spec key besides kind and placement, with its default
+
+    @classmethod
+    def from_spec(cls, spec, *, in_dim, out_dim, slot):
+        return cls(in_dim, out_dim, spec["rank"])
+
+    def __init__(self, in_dim, out_dim, rank):
+        super().__init__()
+        self.down, self.up = nn.Linear(in_dim, rank, bias=False), nn.Linear(rank, out_dim)
+        nn.init.zeros_(self.up.weight)  # starts as the image model
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):
+        return self.up(self.down(x))
+
+    def as_delta(self):  # (ΔW, Δb) with forward(x) == x @ ΔW.T + Δb
+        return self.up.weight.double() @ self.down.weight.double(), self.up.bias.double()
+
+
+mine = trained_like(create_model(backbone="zeroi2v-tiny", num_classes=10, num_frames=8, adapter={
+    "kind": "my_low_rank", "placement": ["q_in", "v_in", "mlp_in"], "rank": 4}))
+folded = merge_adapters(mine)
+toy_clip = torch.randn(2, 3, 8, mine.image_size, mine.image_size)
+with torch.no_grad():
+    ours, plain = mine(toy_clip), folded(toy_clip)
+gap = (ours - plain).abs().max().item()
+print("resolved spec:", mine.adapter_spec)
+print(f"{sum(len(b.adapters) for b in mine.blocks)} adapters ({count_params(mine) - count_params(folded):,} "
+      f"parameters) merged away; max |Δlogit| merged vs unmerged {gap:.2e} (max |logit| {ours.abs().max():.2f})")
+assert gap <= 1e-4 and not any(len(b.adapters) for b in folded.blocks)

@@ -143,10 +143,12 @@ print("open_clip vision_cfg:", json.loads((image_dir / "open_clip_config.json").
 #
 # The config is plain dataclasses. ZeroI2V uses $\Delta t = \{1 \cdot 2, -1 \cdot 2\}$: four of the
 # eight heads of every layer look one frame ahead or back (the rest stay spatial; the quickstart's
-# choice for this tiny, mostly temporal task, see `QuickstartSettings.offsets`) plus linear adapters (placement 4), a temporal embedding and the head; the
-# frozen image weights never change. The baseline is the same model with `offsets=None` (every
-# $\Delta t = 0$) and the same budget. `train` writes each run folder (`config.yaml`, `log.csv`,
-# `checkpoint.pt`, `results/`) and tests on `test_set` after the last epoch.
+# choice for this tiny, mostly temporal task, see `QuickstartSettings.offsets`) plus linear adapters
+# (placement 4), a temporal embedding and the head; the frozen image weights never change. In the
+# model config: `temporal={"kind": "stdha", "offsets": "1x2,-1x2", ...}` and
+# `adapter={"kind": "linear", "placement": "4", ...}`. The baseline is the same model with
+# `"offsets": None` (every $\Delta t = 0$) and the same budget. `train` writes each run folder
+# (`config.yaml`, `log.csv`, `checkpoint.pt`, `results/`) and tests on `test_set` after the last epoch.
 
 # %%
 from zeroi2v.config import Config, DataConfig, OptimConfig, TestConfig, TrainConfig
@@ -171,7 +173,8 @@ print(f"train: {len(train_set)} clips {tuple(train_set[0]['video'].shape)}; "
 
 def make_config(name, offsets):
     model = ModelConfig(backbone=backbone, num_classes=len(CLASSES), num_frames=FRAMES, class_names=CLASSES,
-                        offsets=offsets, adapter="linear", adapter_placement="4", adapter_scale=1.0,
+                        temporal={"kind": "stdha", "offsets": offsets, "boundary": "self"},
+                        adapter={"kind": "linear", "placement": "4", "ratio": 0.25, "scale": 1.0, "dropout": 0.0},
                         head_dropout=0.5, finetune="adapters")
     return Config(model=model, data=DataConfig(workers=0, size=SIZE),
                   optim=OptimConfig(lr=1e-3, epochs=EPOCHS, warmup_epochs=1, label_smoothing=0.1),
@@ -321,9 +324,9 @@ for f in sorted(folder.iterdir()):
 config = json.loads((folder / "config.json").read_text())
 print("config.json:")
 print("  format", config["format"], "v", config["version"], "| image_size", config["image_size"])
-print("  model:", {k: config["model"][k] for k in ("backbone", "num_classes", "num_frames", "offsets", "adapter",
-                                                   "adapter_placement", "temporal_embedding")})
-print("  offsets of each layer:", config["offsets_per_layer"])
+print("  model:", {k: config["model"][k] for k in ("backbone", "num_classes", "num_frames", "adapter",
+                                                   "temporal_embedding")})
+print("  temporal:", config["model"]["temporal"])  # the complete spec: kind, offsets of each layer, boundary
 print("  vision_cfg:", config["backbone_cfg"]["vision_cfg"])
 print("  class_names:", config["class_names"])
 assert config["model"]["adapter"] is None

@@ -89,7 +89,8 @@ def train_toy(num_clips, max_steps, stop_loss, seed=0):
     y = torch.tensor([label for _, _, label, _ in data])
     torch.manual_seed(seed)
     model = create_model(backbone="zeroi2v-micro", num_classes=len(MOVES), num_frames=8,
-                         offsets="1x1,-1x1,0x4", finetune="full", head_dropout=0.0, class_names=MOVES)
+                         temporal={"kind": "stdha", "offsets": "1x1,-1x1,0x4"}, finetune="full", head_dropout=0.0,
+                         class_names=MOVES)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     g = torch.Generator().manual_seed(seed)
     model.train()

@@ -45,13 +45,13 @@ def test_merged_checkpoint_round_trip(tmp_path):
     save_merged(merged, tmp_path, extra={"class_names": ["a", "b", "c"]})
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["adapter"] is None and config["class_names"] == ["a", "b", "c"]
-    assert config["offsets_per_layer"] == [[1, -1, 0, 0, 0, 0]] * 2
+    assert config["model"]["temporal"] == {"kind": "stdha", "offsets": [[1, -1, 0, 0, 0, 0]] * 2, "boundary": "zero"}
     from safetensors.torch import load_file
     keys = set(load_file(str(tmp_path / "model.safetensors")))
     assert not any("adapters" in k for k in keys)
     assert {"temporal_embedding", "head.weight", "head.bias", "visual.conv1.weight"} <= keys
     loaded = load_merged(tmp_path)
-    assert loaded.cfg.boundary == "zero" and loaded.offsets == merged.offsets
+    assert loaded.temporal_spec["boundary"] == "zero" and loaded.offsets == merged.offsets
     video = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         assert (loaded(video) - model(video)).abs().max().item() <= 1e-4

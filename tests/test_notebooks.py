@@ -193,6 +193,8 @@ def test_notebook_runs_headless(path, python3_kernel, kernel_env):
     print(f"{path.name}: {time.perf_counter() - started:.1f} s")
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors  # allow_errors=False raises first; this guards a cell tagged raises-exception
+    stale = [i for i, c in enumerate(nb.cells) for o in c.get("outputs", []) if "old flat form" in o.get("text", "")]
+    assert not stale, f"{path.name}: cells {stale} use the old flat model keys; write model.temporal / model.adapter"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

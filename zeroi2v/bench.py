@@ -31,14 +31,13 @@ if hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu"):
 
 
 class PlainViT(nn.Module):
-    """The image model as it would run on video without ZeroI2V: open_clip's own visual forward on
-    every frame, mean of class features, the same linear head. The reference for zero extra cost."""
+    """The image model as it would run on video without ZeroI2V: the backbone family's own image forward
+    on every frame, mean of pooled features, the same linear head. The reference for zero extra cost."""
 
     def __init__(self, model: ZeroI2V):
         super().__init__()
-        from zeroi2v.backbones import build_visual
-        self.visual = build_visual(model.backbone_cfg)
-        self.visual.proj = None
+        self.family = model.family
+        self.visual = model.family.build(model.backbone_cfg)
         plain_keys = self.visual.state_dict().keys()
         state = {k[len("visual."):]: v for k, v in model.state_dict().items() if k.startswith("visual.")}
         self.visual.load_state_dict({k: state[k] for k in plain_keys})
@@ -48,7 +47,7 @@ class PlainViT(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = video.shape
-        feats = self.visual(video.transpose(1, 2).reshape(b * t, c, h, w)).view(b, t, -1)
+        feats = self.family.image_features(self.visual, video.transpose(1, 2).reshape(b * t, c, h, w)).view(b, t, -1)
         return self.head(feats.mean(dim=1))
 
 
@@ -147,10 +146,10 @@ def add_benchmark_arguments(ap) -> None:
 
 def default_offsets(backbone: str, frames: int) -> str:
     """The Table 11 K400 preset for ViT-B/L at 8/16/32 frames, else one head each way."""
-    from zeroi2v.backbones import get_model_config
+    from zeroi2v.backbones import family_of
     from zeroi2v.stdha import PRESETS
-    vision = get_model_config(backbone)["vision_cfg"]
-    size = {12: "b", 16: "l"}.get(vision["width"] // vision.get("head_width", 64))
+    family, name = family_of(backbone)
+    size = {12: "b", 16: "l"}.get(family.facts(family.arch(name))["heads"])
     preset = f"k400_vit_{size}_{frames}"
     return preset if preset in PRESETS else ("1x1,-1x1" if frames > 1 else "")
 
@@ -187,7 +186,8 @@ def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int 
     torch.manual_seed(seed)
     started = time.perf_counter()
     model = randomize_adapters(create_model(backbone=backbone, num_classes=400, num_frames=frames,
-                                            offsets=offsets, adapter_placement=placement), seed)
+                                            temporal={"kind": "stdha", "offsets": offsets},
+                                            adapter={"kind": "linear", "placement": placement}), seed)
     merged = merge_adapters(model)
     model, merged = model.to(dev), merged.to(dev)
     size = model.image_size

@@ -190,6 +190,26 @@ def cmd_predict(a):
     return 1 if failed else 0
 
 
+def _add_config(sub):
+    p = sub.add_parser("config", help="show a config fully resolved (base: chain, --set overrides, defaults)",
+                       description="Print a config file as the run would see it: its base: chain merged, "
+                                   "--set overrides applied, every default filled in, and validated.")
+    verbs = p.add_subparsers(dest="config_verb", required=True, metavar="show")
+    show = verbs.add_parser("show", help="print the resolved, validated config as YAML")
+    show.add_argument("config", help="YAML config (see configs/)")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    show.set_defaults(func=cmd_config_show)
+
+
+def cmd_config_show(a):
+    import yaml
+    from zeroi2v.config import load_config
+    cfg = load_config(a.config, a.overrides)
+    print(f"# {a.config}, resolved{' with ' + ' '.join(a.overrides) if a.overrides else ''}")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+
+
 def _add_bench(sub):
     from zeroi2v.bench import add_benchmark_arguments, run_benchmark_cli
     p = sub.add_parser("bench", help="params, GFLOPs and latency: plain ViT vs unmerged vs merged",
@@ -242,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add in (_add_make_synthetic, _add_pretrain_image, _add_train, _add_eval, _add_merge, _add_predict,
-                _add_bench, _add_quickstart, _add_demo):
+                _add_config, _add_bench, _add_quickstart, _add_demo):
         add(sub)
     return parser
 

@@ -1,37 +1,128 @@
 """A training run's configuration as plain data: five dataclasses read from one YAML file.
 
-    model:  zeroi2v.model.ModelConfig   what network (backbone, Δt, adapters, what trains)
+    model:  ModelConfig                 what network (backbone, temporal operator, adapters, what trains)
     data:   DataConfig                  where clips come from and how they are sampled/augmented
     optim:  OptimConfig                 AdamW + warm-up/cosine schedule + loss
     train:  TrainConfig                 batch, accumulation, AMP, seeding, logging, checkpoints
     test:   TestConfig                  multi-view testing
 
-``load_config("configs/ssv2_vit_b16_8f.yaml", ["optim.lr=1e-4", "model.offsets=1x2,-1x2,0x8"])``
-reads a file and applies ``--set`` style overrides. Every key is checked: an unknown key anywhere is an
-error that names the full dotted key and the keys that exist; a value of the wrong type is an error
-that names the key, the expected type and what was given. Strings are coerced where the intent is clear
-(``"1e-4"`` → float, ``"7,4"`` → (7, 4), ``"null"`` → None, ``"true"`` → True). Each run folder gets
+``load_config("configs/ssv2_vit_b16_8f.yaml", ["optim.lr=1e-4", "model.temporal.offsets=1x2,-1x2,0x8"])``
+reads a file (and the ``base:`` files it inherits from, see ``zeroi2v.config_files``) and applies
+``--set`` style overrides. Every key is checked (OmegaConf structured configs of the dataclasses below):
+an unknown key anywhere is an error that names the full dotted key and the keys that exist; a value of
+the wrong type is an error that names the key, the expected type and what was given. Each run folder gets
 its exact config back with ``save_config`` (``Config.to_dict`` → YAML), and that file loads again.
+``read_config`` does all that without importing torch; ``load_config`` also validates the components.
 
 Every option is documented where it is defined (the docstring under each field).
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-from zeroi2v.model import ModelConfig
+from zeroi2v.config_files import NULLS
 
+CLIP_MEAN = (122.769, 116.74, 104.04)  # OpenAI CLIP pixel statistics, 0–255 scale, RGB
+CLIP_STD = (68.493, 66.63, 70.321)
+FINETUNE_MODES = ("adapters", "full", "linear_probe")
 SAMPLERS = ("uniform", "dense")
 AMP_MODES = ("none", "bf16", "fp16")
 ON_MISSING = ("drop", "error")
 FLIP_LABEL_MAPS = ("ssv2",)
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a video model, as plain data (YAML/JSON round-trips)."""
+
+    backbone: str = "ViT-B-16"
+    """Backbone name with an optional family prefix (``zeroi2v.backbones``): an open_clip model name
+    ('ViT-B-16', or 'open_clip:ViT-B-16'), one of ours (``zeroi2v/model_configs``), or ``local-dir:/path``."""
+    pretrained: str | None = None
+    """open_clip tag ('openai', 'laion2b_s34b_b88k'...), a weights file, or None (random init)."""
+    num_classes: int = 400
+    """Classifier outputs."""
+    num_frames: int = 8
+    """Frames per clip (T)."""
+    temporal: dict = field(default_factory=lambda: {"kind": "stdha", "offsets": "1x1,-1x1", "boundary": "self"})
+    """The temporal operator of every block (``zeroi2v.temporal.TEMPORAL``) and its spec. STDHA (paper
+    Sec. 3.2): ``offsets``, the Δt multiset (string like '1x2,-1x2,0x8', a Table 11 preset name, a
+    per-head list, or one spec per layer; null: all heads spatial), and ``boundary``, what a head reads
+    past the clip ends: 'self' (own K/V, the authors' choice) or 'zero'."""
+    adapter: dict | None = field(default_factory=lambda: {"kind": "linear", "placement": "4", "ratio": 0.25,
+                                                          "scale": 1.0, "dropout": 0.0})
+    """Adapters (``zeroi2v.adapters.ADAPTERS``) and their spec, or None: no adapters (a merged model).
+    ``placement``: '4' (before qkv, after out-proj, before fc1, after fc2), '6' (separate Q/K/V), '3',
+    or a list of slot names. The linear adapter (Sec. 3.3) takes ``ratio`` (bottleneck width / width),
+    ``scale`` (s) and ``dropout``."""
+    temporal_embedding: bool = True
+    """A zero-initialised T × width embedding added to every token of frame t."""
+    head_dropout: float = 0.5
+    """Dropout before the classifier."""
+    finetune: str = "adapters"
+    """What trains: 'adapters' (paper: adapters, temporal embedding, ln_post, head), 'full', 'linear_probe' (head)."""
+    grad_checkpointing: bool = False
+    """Recompute block activations in backward (less memory, ~30% slower steps)."""
+    mean: tuple = CLIP_MEAN
+    """Pixel mean (0-255, RGB) the backbone was trained with."""
+    std: tuple = CLIP_STD
+    """Pixel standard deviation (0-255, RGB)."""
+    class_names: list | None = None
+    """Class names in label order (None: 'class N')."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], notice: bool = True) -> "ModelConfig":
+        d = upgrade_model_dict(d, notice)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+LEGACY_TEMPORAL = {"offsets": "offsets", "boundary": "boundary"}
+LEGACY_ADAPTER = {"adapter_placement": "placement", "adapter_ratio": "ratio", "adapter_scale": "scale",
+                  "adapter_dropout": "dropout"}
+_noticed: set[str] = set()
+
+
+def upgrade_model_dict(d: dict[str, Any], notice: bool = True) -> dict[str, Any]:
+    """Model config data with the old flat keys (``offsets``, ``boundary``, ``adapter: linear``,
+    ``adapter_placement``, ...) moved into ``temporal:`` and ``adapter:``; prints a one-line notice."""
+    old = [k for k in d if k in LEGACY_TEMPORAL or k in LEGACY_ADAPTER or (k == "adapter" and isinstance(d[k], str))]
+    if not old:
+        return dict(d)
+    d = dict(d)
+    defaults = ModelConfig()
+    temporal = dict(d.get("temporal") or defaults.temporal)
+    for key in LEGACY_TEMPORAL:
+        if key in d:
+            temporal[LEGACY_TEMPORAL[key]] = d.pop(key)
+    d["temporal"] = temporal
+    adapter = d.get("adapter", defaults.adapter)
+    if isinstance(adapter, str) and adapter.strip().lower() in NULLS:
+        adapter = None
+    elif isinstance(adapter, str):
+        adapter = {**defaults.adapter, "kind": adapter}
+    moved = {LEGACY_ADAPTER[k]: d.pop(k) for k in list(d) if k in LEGACY_ADAPTER}
+    d["adapter"] = None if adapter is None else {**adapter, **moved}
+    if notice and not set(old) <= _noticed:
+        _noticed.update(old)
+        print(f"[zeroi2v] note: model keys {', '.join(old)} are the old flat form; they still load. Write "
+              f"model.temporal: {{kind, offsets, boundary}} and model.adapter: {{kind, placement, ratio, "
+              f"scale, dropout}} instead.", file=sys.stderr)
+    return d
 
 
 @dataclass
@@ -174,7 +265,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         """Build and validate a config from nested plain data (what YAML gives)."""
-        return _build(cls, d or {}, "")
+        return config_from_data(d or {}).validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain data (lists, no tuples) that ``yaml.safe_dump`` writes and ``from_dict`` reads."""
@@ -219,57 +310,51 @@ class Config:
         return self
 
 
-def check_model_config(mc: ModelConfig, vision: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate a model config without building weights: the backbone exists, Δt fits its heads and
-    ``num_frames``, the adapter placement and modes are known. Returns the resolved facts.
+def check_model_config(mc: ModelConfig, arch: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate a model config without building weights: the backbone exists, the temporal operator's
+    and the adapter kind's specs fit it (each component checks its own spec), the modes are known.
+    Returns the resolved facts (``temporal`` and ``adapter``: the complete specs the model is built from).
 
-    vision: the backbone's ``vision_cfg`` when it is already known (a merged checkpoint stores it, and
+    arch: the backbone's architecture data when it is already known (a merged checkpoint stores it, and
     its ``backbone`` is only a display name); None: looked up by ``mc.backbone``."""
-    from zeroi2v.adapters import placement_slots
-    from zeroi2v.backbones import get_model_config
-    from zeroi2v.model import FINETUNE_MODES
-    from zeroi2v.stdha import BOUNDARIES, parse_offsets
+    from zeroi2v.adapters import resolve_adapter
+    from zeroi2v.backbones import family_of
+    from zeroi2v.temporal import resolve_temporal
 
     for key in ("num_frames", "num_classes"):
         if getattr(mc, key) < 1:
             raise ValueError(f"model.{key} must be >= 1, got {getattr(mc, key)}")
-    if vision is None:
-        try:
-            vision = get_model_config(mc.backbone)["vision_cfg"]
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            raise ValueError(f"model.backbone: {e}") from None
-    width, layers = int(vision["width"]), int(vision["layers"])
-    heads = width // int(vision.get("head_width", 64))
-    specs = mc.offsets if isinstance(mc.offsets, (list, tuple)) and len(mc.offsets) == layers \
-        and not all(isinstance(o, int) for o in mc.offsets) else [mc.offsets] * layers
     try:
-        offsets = [parse_offsets(s, heads, mc.num_frames) for s in specs]
+        family, name = family_of(mc.backbone)
+        facts = family.facts(arch if arch is not None else family.arch(name))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ValueError(f"model.backbone: {e}") from None
+    try:
+        temporal = resolve_temporal(mc.temporal, num_heads=facts["heads"], num_layers=facts["layers"],
+                                    num_frames=mc.num_frames)
     except ValueError as e:
-        raise ValueError(f"model.offsets: {e}") from None
-    _choice("model.boundary", mc.boundary, BOUNDARIES)
+        raise ValueError(f"model.temporal.{e}") from None
+    try:
+        adapter = resolve_adapter(mc.adapter)
+    except ValueError as e:
+        raise ValueError(f"model.adapter.{e}") from None
     _choice("model.finetune", mc.finetune, FINETUNE_MODES)
-    try:
-        slots = placement_slots(mc.adapter_placement) if mc.adapter else ()
-    except ValueError as e:
-        raise ValueError(f"model.adapter_placement: {e}") from None
-    if mc.adapter is not None:
-        from zeroi2v.adapters import ADAPTERS
-        _choice("model.adapter", mc.adapter, tuple(ADAPTERS))
-    if mc.adapter_ratio <= 0:
-        raise ValueError(f"model.adapter_ratio must be > 0, got {mc.adapter_ratio}")
-    for key in ("adapter_dropout", "head_dropout"):
-        if not 0.0 <= getattr(mc, key) <= 1.0:
-            raise ValueError(f"model.{key} must be in [0, 1], got {getattr(mc, key)}")
+    if not 0.0 <= mc.head_dropout <= 1.0:
+        raise ValueError(f"model.head_dropout must be in [0, 1], got {mc.head_dropout}")
     if len(mc.mean) != 3 or len(mc.std) != 3:
         raise ValueError("model.mean and model.std need 3 values (RGB)")
-    return {"width": width, "layers": layers, "heads": heads, "offsets": offsets, "adapter_slots": slots,
-            "image_size": vision.get("image_size", 224)}
+    return {**facts, "temporal": temporal, "adapter": adapter}
 
 
-def model_config_from_data(d: Any, prefix: str = "model.") -> ModelConfig:
+def model_config_from_data(d: Any, prefix: str = "model.", notice: bool = True) -> ModelConfig:
     """A ModelConfig from plain data (a YAML section, a merged checkpoint's config.json) with the same
-    key and type checks as a config file; errors name the key as ``prefix + key``."""
-    return _build(ModelConfig, d, prefix)
+    key and type checks as a config file; errors name the key as ``prefix + key``. ``notice``: print the
+    one-line notice for old flat keys (not for checkpoints of format 1, which are not the user's to edit)."""
+    from zeroi2v.config_files import to_structured
+    if not isinstance(d, dict):
+        return to_structured(ModelConfig, d, prefix)
+    d, specs = _component_specs(upgrade_model_dict(d, notice), prefix)
+    return to_structured(ModelConfig, d, prefix, start=ModelConfig(**specs))
 
 
 def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
@@ -277,210 +362,62 @@ def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
         raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config (None: the defaults) and apply ``key.sub=value`` overrides, then validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(path) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file holds a mapping (model:, data:, ...), got {type(data).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key.sub=value (e.g. optim.lr=1e-4)")
-        _set_dotted(data, key.strip(), _Raw(value.strip()))
+def read_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None: the defaults) with its ``base:`` chain and ``key.sub=value`` overrides
+    into a typed Config: every key and type checked, the components not yet (see ``load_config``).
+    Imports neither torch nor open_clip."""
+    from zeroi2v.config_files import apply_overrides, read_chain
+    data = read_chain(path) if path is not None else {}
     try:
-        return Config.from_dict(data)
+        return config_from_data(apply_overrides(data, overrides, Config))
     except ValueError as e:
         raise ValueError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
-def read_yaml(path: str | Path) -> Any:
-    """A YAML file's data (``yaml.safe_load``: no tags, no code); a one-line error that names the file,
-    the line and what is wrong when it is not UTF-8 or not valid YAML."""
-    from zeroi2v.data.formats import read_text
-    text = read_text(path)
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """``read_config``, then ``Config.validate``: ranges, choices, and the backbone, temporal operator and
+    adapter specs checked by their own components (this imports them, and so torch)."""
+    cfg = read_config(path, overrides)
     try:
-        return yaml.safe_load(text)
-    except yaml.reader.ReaderError as e:  # a control character
-        line = text[:e.position].count("\n") + 1
-        raise ValueError(f"{path}, line {line}: character #x{e.character:04x}: {e.reason}; remove it") from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = " ".join(str(e.problem or e.context or "not valid YAML").split())
-        if e.context and e.problem and e.context_mark is not None:
-            problem += f" ({e.context} from line {e.context_mark.line + 1})"
-        fix = ("tags (!!...) are not allowed in a config: write plain values"
-               if isinstance(e, yaml.constructor.ConstructorError)
-               else "fix the YAML there (`key: value`, nesting by spaces, quote values that hold ': ' or '#')")
-        raise ValueError(f"{where}: {problem}; {fix}") from None
+        return cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def config_from_data(data: Any) -> Config:
+    """A typed Config from nested plain data (old flat model keys upgraded), not validated."""
+    from zeroi2v.config_files import to_structured
+    model, start = None, None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        model, specs = _component_specs(upgrade_model_dict(data["model"]), "model.")
+        data, start = {**data, "model": model}, Config(model=ModelConfig(**specs))
+    return to_structured(Config, data, start=start)
+
+
+def _component_specs(model: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model data without ``temporal``/``adapter``, and those specs merged over the defaults by their
+    own rule (a spec naming another ``kind`` replaces the default whole: its keys belong to that kind)."""
+    from zeroi2v.config_files import merge_data
+    model, specs, default = dict(model), {}, ModelConfig()
+    for key in ("temporal", "adapter"):
+        if key not in model:
+            continue
+        value = model.pop(key)
+        if value is None and key == "adapter":
+            specs[key] = None
+        elif isinstance(value, dict):
+            base = getattr(default, key)
+            specs[key] = merge_data({key: base}, {key: value})[key]
+        else:
+            raise ValueError(f"config key {prefix + key!r} expects a mapping ({{kind: ..., ...}}), got "
+                             f"{type(value).__name__} {value!r}")
+    return model, specs
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write ``cfg`` as YAML (loads back to an equal Config), atomically: a temporary file, then ``os.replace``."""
-    from zeroi2v.merge import _atomic_write
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-    return path
-
-
-# --- strict building and coercion -------------------------------------------------------------------
-
-class _Raw(str):
-    """A value typed on a command line (``--set key=value``): parsed by the type of its field."""
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"cannot set {key!r}: {part!r} holds a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls: type, d: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the config"
-    if isinstance(d, cls):
-        d = dataclasses.asdict(d)
-    if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(d).__name__} {d!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    for key in d:
-        if key not in known:
-            raise ValueError(f"unknown config key {prefix + str(key)!r}; known keys in {where}: {', '.join(known)}")
-    kwargs = {}
-    for key, value in d.items():
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, prefix + key)
-    obj = cls(**kwargs)
-    return obj.validate() if isinstance(obj, Config) else obj
-
-
-_NULLS = ("null", "none", "~", "")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is None and isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` as type ``tp``, or a ValueError naming ``key``, the expected type and the value."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-
-    def fail() -> typing.NoReturn:
-        shown = str(value) if isinstance(value, _Raw) else value
-        raise ValueError(f"config key {key!r} expects {_type_name(tp)}, got {type(shown).__name__} {shown!r}")
-
-    if tp is Any:
-        if isinstance(value, _Raw):
-            text = str(value)
-            if text.lower() in _NULLS:
-                return None
-            if text[:1] in "[{":
-                return yaml.safe_load(text)
-            return text
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS and type(None) in args):
-            if type(None) in args:
-                return None
-            fail()
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ValueError:
-                pass
-        fail()
-    if value is None:
-        fail()
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        fail()
-    if tp is int:
-        if isinstance(value, bool):
-            fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    fail()
-                if f.is_integer():
-                    return int(f)
-        fail()
-    if tp is float:
-        if isinstance(value, bool):
-            fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                fail()
-        fail()
-    if tp is str:
-        if isinstance(value, str):
-            return str(value)
-        fail()
-    if tp in (tuple, list) or origin in (tuple, list):
-        container = origin or tp
-        if isinstance(value, str):  # "7,4" or "[7, 4]" from the command line
-            text = value.strip().strip("[]()")
-            value_list = [_Raw(part.strip()) for part in text.split(",")] if text else []
-        elif isinstance(value, (list, tuple)):
-            value_list = list(value)
-        else:
-            fail()
-        if args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value_list) != len(args):
-                raise ValueError(f"config key {key!r} expects {len(args)} values ({_type_name(tp)}), "
-                                 f"got {len(value_list)}: {value!r}")
-            out = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value_list, args))]
-        elif args:
-            out = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value_list)]
-        else:  # untyped elements: command-line text read as YAML scalars (numbers stay numbers)
-            out = [_unraw(v) for v in value_list]
-        return container(out)
-    if tp is dict or origin is dict:
-        if isinstance(value, _Raw):
-            value = yaml.safe_load(str(value)) if str(value).strip() else {}
-        if isinstance(value, dict):
-            return _unraw(value)
-        fail()
-    return value
-
-
-def _unraw(x: Any) -> Any:
-    """Command-line strings inside free-form mappings, parsed as YAML scalars."""
-    if isinstance(x, _Raw):
-        return yaml.safe_load(str(x)) if str(x).strip() else None
-    if isinstance(x, dict):
-        return {k: _unraw(v) for k, v in x.items()}
-    return x
+    """Write ``cfg`` as YAML (loads back to an equal Config), atomically."""
+    from zeroi2v.files import atomic_write_text
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _plain(x: Any) -> Any:

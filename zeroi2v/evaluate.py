@@ -23,6 +23,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from zeroi2v.files import atomic_write_text
+
 
 def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Percentage of rows whose label is among the ``k`` highest scores (k capped at the class count)."""
@@ -235,9 +237,7 @@ def save_results(results: dict[str, Any], folder: str | Path, class_names: Seque
     folder.mkdir(parents=True, exist_ok=True)
     data = summary(results, class_names)
     json_path = folder / f"{name}.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(json_path)
+    atomic_write_text(json_path, json.dumps(data, indent=2))
     png_path = folder / f"{name}_confusion.png"
     plot_confusion(torch.as_tensor(results["confusion"]), data["class_names"], png_path,
                    title=f"top-1 {data['top1']}%  ({data['num_samples']} videos)")

@@ -40,7 +40,6 @@ model's train/eval mode and ``requires_grad`` flags are restored afterwards.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -110,7 +109,7 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def head_groups(model, block: int = -1) -> dict[str, list[int]]:
     """Head indices of each group of block ``block``: spatial (Δt = 0), temporal (Δt ≠ 0), all."""
     blk = model.blocks[_block_index(model, block)]
-    offsets = tuple(getattr(blk.temporal, "offsets", (0,) * blk.num_heads))
+    offsets = blk.temporal.head_offsets or (0,) * blk.num_heads
     return {"spatial": [i for i, o in enumerate(offsets) if o == 0],
             "temporal": [i for i, o in enumerate(offsets) if o != 0],
             "all": list(range(blk.num_heads))}
@@ -124,12 +123,7 @@ def _block_index(model, block: int) -> int:
 
 
 def _grid(model) -> tuple[int, int]:
-    grid = getattr(model.visual, "grid_size", None)
-    if grid is not None:
-        return (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (int(grid), int(grid))
-    n = model.visual.positional_embedding.shape[0] - 1
-    side = int(round(math.sqrt(n)))
-    return side, side
+    return model.family.grid(model.visual)
 
 
 @contextlib.contextmanager
@@ -182,7 +176,7 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
     idx = _block_index(model, block)
     blk = model.blocks[idx]
     heads = head_groups(model, idx)
-    offsets = tuple(getattr(blk.temporal, "offsets", (0,) * blk.num_heads))
+    offsets = blk.temporal.head_offsets or (0,) * blk.num_heads
     device = next(model.parameters()).device
     video = video.detach().to(device=device, dtype=next(model.parameters()).dtype)
     num_classes = model.head.out_features

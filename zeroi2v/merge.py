@@ -1,8 +1,10 @@
-"""Structural re-parameterisation (paper Eq. 11): fold every linear adapter into its projection.
+"""Structural re-parameterisation (paper Eq. 11): fold every adapter into its projection.
 
-For an adapter ``(W_A, b_A)`` (see ``LinearAdapter.as_affine``) next to a projection ``(W_P, b_P)``:
+For an affine adapter ``(W_A, b_A)`` (see ``LinearAdapter.as_affine``) next to a projection ``(W_P, b_P)``:
     adapter *before* P:  W' = W_P · W_A,   b' = W_P · b_A + b_P
     adapter *after*  P:  W' = W_A · W_P,   b' = W_A · b_P + b_A
+and for a parallel ("delta") adapter ``P(x) + x·ΔWᵀ + Δb``:  W' = W_P + ΔW,  b' = b_P + Δb.
+Projections are found through the backbone family's protocol (``zeroi2v.backbones``).
 The merged model is the plain image ViT plus STDHA (no parameters) plus the temporal embedding and
 classifier. A merged checkpoint is a directory: ``model.safetensors`` + ``config.json``.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import typing
 from dataclasses import replace
 from pathlib import Path
@@ -19,12 +20,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from zeroi2v.model import ModelConfig, ZeroI2V, build_from_backbone_cfg, display_name
+from zeroi2v.adapters import SLOTS
+from zeroi2v.backbones import Backbone, Projection, display_name
+from zeroi2v.files import atomic_write, atomic_write_text
+from zeroi2v.model import ModelConfig, ZeroI2V, build_from_backbone_cfg
 
 FORMAT = "zeroi2v-merged"
 FORMAT_VERSION = 2
-"""1: the first layout. 2: ``model.backbone`` and ``model.pretrained`` hold display names
-(``image_model (local folder)``), never a path on the machine that merged. Both load."""
+"""1: the first layout (flat STDHA keys, ``offsets_per_layer``, the backbone's path). 2: ``model.temporal``
+holds the complete temporal-operator spec (per layer), and ``model.backbone`` and ``model.pretrained``
+hold display names (``image_model (local folder)``), never a path on the machine that merged. Both load."""
 RESERVED = ("format", "version", "model", "backbone_cfg", "offsets_per_layer", "image_size")
 """Keys of config.json that ``save_merged``'s ``extra`` may not overwrite."""
 REMAKE = "re-create the checkpoint with `zeroi2v merge RUN --out DIR`"
@@ -32,58 +37,63 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def _fold_before(weight: torch.Tensor, bias: torch.Tensor | None, adapter: nn.Module):
+def _fold(weight: torch.Tensor, bias: torch.Tensor | None, adapter: nn.Module, side: str):
+    """Eq. (11): an affine adapter (W_A, b_A) folded into the input ("before") or output ("after") side."""
     w_a, b_a = adapter.as_affine()
     w = weight.double()
-    new_w = w @ w_a
-    new_b = w @ b_a + (bias.double() if bias is not None else 0)
-    return new_w, new_b
+    b = bias.double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    if side == "before":
+        return w @ w_a, w @ b_a + b
+    return w_a @ w, w_a @ b + b_a
 
 
-def _fold_after(weight: torch.Tensor, bias: torch.Tensor | None, adapter: nn.Module):
-    w_a, b_a = adapter.as_affine()
-    new_w = w_a @ weight.double()
-    new_b = w_a @ (bias.double() if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)) + b_a
-    return new_w, new_b
+def _add_delta(weight: torch.Tensor, bias: torch.Tensor | None, delta: tuple[torch.Tensor, torch.Tensor],
+               rows: slice):
+    """A parallel adapter's (ΔW, Δb) added to the projection (``rows``: this projection's share)."""
+    d_w, d_b = delta
+    b = bias.double() if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    return weight.double() + d_w.double()[rows], b + d_b.double()[rows]
 
 
-def _assign(weight: nn.Parameter, bias: nn.Parameter | None, new_w: torch.Tensor, new_b: torch.Tensor,
-            rows: slice = slice(None)) -> None:
-    weight.data[rows] = new_w.to(weight.dtype)
-    if bias is None:
+def _assign(p: Projection, new_w: torch.Tensor, new_b: torch.Tensor) -> None:
+    if p.bias is None:
         raise ValueError("cannot fold an adapter bias into a projection without bias")
-    bias.data[rows] = new_b.to(bias.dtype)
+    p.weight.data[p.rows] = new_w.to(p.weight.dtype)
+    p.bias.data[p.rows] = new_b.to(p.bias.dtype)
+
+
+def _targets(family: type[Backbone], projection: str) -> list[str]:
+    """The projections a slot's adapter acts on: a shared 'qkv' slot of separate Q/K/V is all three."""
+    return ["q", "k", "v"] if projection == "qkv" and "qkv" not in family.layout.projections else [projection]
 
 
 @torch.no_grad()
 def merge_adapters(model: ZeroI2V) -> ZeroI2V:
-    """A copy of ``model`` with every adapter folded into its neighbouring projection (eval mode)."""
+    """A copy of ``model`` with every adapter folded into its projection (eval mode).
+
+    Each adapter kind declares its rule (``Adapter.merge``): 'affine' adapters fold into the side of
+    the projection their slot names, 'delta' adapters add their weight delta; others are refused.
+    """
     merged = copy.deepcopy(model).eval()
-    for blk in merged.blocks:
+    family = merged.family
+    for i, blk in enumerate(merged.blocks):
         for slot, adapter in blk.adapters.items():
-            if not getattr(adapter, "mergeable", False):
-                raise ValueError(f"adapter {type(adapter).__name__} in slot {slot} is not linear; it cannot be merged")
-            attn, mlp = blk.attn, blk.mlp
-            if slot == "attn_in":
-                _assign(attn.in_proj_weight, attn.in_proj_bias, *_fold_before(attn.in_proj_weight, attn.in_proj_bias, adapter))
-            elif slot in ("q_in", "k_in", "v_in"):
-                c = attn.embed_dim
-                rows = slice(c * "qkv".index(slot[0]), c * ("qkv".index(slot[0]) + 1))
-                _assign(attn.in_proj_weight, attn.in_proj_bias,
-                        *_fold_before(attn.in_proj_weight[rows], attn.in_proj_bias[rows], adapter), rows)
-            elif slot == "attn_out":
-                p = attn.out_proj
-                _assign(p.weight, p.bias, *_fold_after(p.weight, p.bias, adapter))
-            elif slot == "mlp_in":
-                p = mlp.c_fc
-                _assign(p.weight, p.bias, *_fold_before(p.weight, p.bias, adapter))
-            elif slot == "mlp_out":
-                p = mlp.c_proj
-                _assign(p.weight, p.bias, *_fold_after(p.weight, p.bias, adapter))
-            else:
-                raise ValueError(f"no merge rule for adapter slot {slot!r}")
+            rule = getattr(adapter, "merge", None)
+            if rule not in ("affine", "delta"):
+                why = getattr(adapter, "not_mergeable", "it declares no merge rule")
+                raise ValueError(f"the {type(adapter).__name__} in block {i}, slot {slot} cannot be merged: {why}")
+            where = SLOTS[slot]
+            delta = adapter.as_delta() if rule == "delta" else None
+            start = 0
+            for name in _targets(family, where.projection):
+                p = family.projection(blk, name)
+                w, b = p.weight[p.rows], p.bias[p.rows] if p.bias is not None else None
+                rows = slice(start, start + w.shape[0])
+                start += w.shape[0]
+                _assign(p, *(_fold(w, b, adapter, where.side) if rule == "affine" else _add_delta(w, b, delta, rows)))
         blk.adapters = nn.ModuleDict()
     merged.cfg = replace(model.cfg, adapter=None, finetune="linear_probe")  # frozen: nothing left to tune
+    merged.adapter_spec = None
     merged.set_finetune("linear_probe")
     for p in merged.parameters():
         p.requires_grad_(False)
@@ -102,16 +112,15 @@ def save_merged(model: ZeroI2V, folder: str | Path, extra: dict[str, Any] | None
     if clash:
         raise ValueError(f"extra key(s) {clash} would overwrite the checkpoint's own entries; rename them")
     folder = Path(folder)
-    model_data = {**model.cfg.to_dict(), "backbone": display_name(model.cfg.backbone),
-                  "pretrained": display_name(model.cfg.pretrained)}
+    model_data = {**model.cfg.to_dict(), "temporal": model.temporal_spec,  # the complete spec, per layer
+                  "backbone": display_name(model.cfg.backbone), "pretrained": display_name(model.cfg.pretrained)}
     config = {"format": FORMAT, "version": FORMAT_VERSION, "model": model_data,
-              "backbone_cfg": model.backbone_cfg, "offsets_per_layer": [list(o) for o in model.offsets],
-              "image_size": model.image_size, **(extra or {})}
+              "backbone_cfg": model.backbone_cfg, "image_size": model.image_size, **(extra or {})}
     check_merged_config(config, f"cannot write {folder / CONFIG}")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(folder / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2), encoding="utf-8"))
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=2))
     return folder
 
 
@@ -122,25 +131,18 @@ def read_merged_config(folder: str | Path) -> dict[str, Any]:
 
 
 def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> ZeroI2V:
-    """Load a merged checkpoint: the plain ViT + STDHA + temporal embedding + head, no adapter code."""
+    """Load a merged checkpoint: the plain ViT + temporal operator + temporal embedding + head, no adapters."""
     from safetensors.torch import load_file
     folder = Path(folder)
     config, cfg = _read(folder)
     weights = folder / WEIGHTS
-    _check_weight_shapes(weights, cfg, config["backbone_cfg"]["vision_cfg"])
     try:
         model = build_from_backbone_cfg(cfg, config["backbone_cfg"])
     except (TypeError, ValueError, KeyError, NotImplementedError) as e:
         raise ValueError(f"{folder / CONFIG}: backbone_cfg does not describe a ViT this version can build "
                          f"({e}); {REMAKE}") from None
-    try:
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    except RuntimeError as e:  # a size mismatch the shape check above did not cover
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise ValueError(f"{weights} does not match {folder / CONFIG} ({detail}); {REMAKE}") from None
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match {folder / CONFIG}: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}; {REMAKE}")
+    _check_weight_shapes(weights, model, config["backbone_cfg"])
+    model.load_state_dict(load_file(str(weights)))
     model.set_finetune("linear_probe")
     return model.to(device).eval()
 
@@ -159,24 +161,29 @@ def _read(folder: str | Path) -> tuple[dict[str, Any], ModelConfig]:
     return config, check_merged_config(config, str(path))
 
 
-def _check_weight_shapes(weights: Path, cfg: ModelConfig, vision: dict[str, Any]) -> None:
-    """The safetensors header against the config, before any weights are built or read."""
+def _check_weight_shapes(weights: Path, model: ZeroI2V, arch: dict[str, Any]) -> None:
+    """The safetensors header against the model its config describes, before any weight is read."""
     from safetensors import safe_open
     try:
         with safe_open(str(weights), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # SafetensorError (bad header), OSError
         raise ValueError(f"{weights} is not a readable safetensors file ({e}); {REMAKE}") from None
-    config = weights.with_name(CONFIG)
-    head, want = shapes.get("head.weight"), (cfg.num_classes, int(vision["width"]))
-    if head != want:
-        raise ValueError(f"{config} describes a classifier of shape {list(want)} (model.num_classes x width) but "
-                         f"{weights} holds {list(head) if head else 'none'}: the two files belong to different "
-                         f"models; {REMAKE}")
-    blocks = {k.split(".")[3] for k in shapes if k.startswith("visual.transformer.resblocks.")}
-    if len(blocks) != int(vision["layers"]):
-        raise ValueError(f"{config} describes {vision['layers']} layers (backbone_cfg.vision_cfg.layers) but "
-                         f"{weights} holds {len(blocks)}: the two files belong to different models; {REMAKE}")
+    config, differ = weights.with_name(CONFIG), f"the two files belong to different models; {REMAKE}"
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes.get("head.weight") != want["head.weight"]:
+        head = shapes.get("head.weight")
+        raise ValueError(f"{config} describes a classifier of shape {list(want['head.weight'])} (model.num_classes x "
+                         f"width) but {weights} holds {list(head) if head else 'none'}: {differ}")
+    missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
+    if missing or unexpected:
+        layers = model.family.facts(arch)["layers"]
+        raise ValueError(f"{config} describes {layers} layers (backbone_cfg) but {weights} holds other tensors "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}): {differ}")
+    wrong = next((k for k in want if shapes[k] != want[k]), None)
+    if wrong is not None:
+        raise ValueError(f"size mismatch between {config} and {weights} for {wrong}: {list(want[wrong])} vs "
+                         f"{list(shapes[wrong])}: {differ}")
 
 
 def check_merged_config(config: Any, where: str) -> ModelConfig:
@@ -213,12 +220,14 @@ def check_merged_config(config: Any, where: str) -> ModelConfig:
         bad(f"'offsets_per_layer' must be {layers} lists (one per layer) of {heads} whole numbers (one Δt per "
             f"head), got {json.dumps(offsets)[:80]}; {REMAKE}")
     from zeroi2v.config import check_model_config, model_config_from_data
+    model = {**config["model"], "pretrained": None, "adapter": None}
+    if offsets is not None:  # format 1: STDHA's offsets beside the model's flat keys
+        model["offsets"] = offsets
     try:
-        cfg = model_config_from_data({**config["model"], "pretrained": None, "adapter": None})
-        cfg = replace(cfg, offsets=offsets) if offsets is not None else cfg
-        check_model_config(cfg, vision)
+        cfg = model_config_from_data(model, notice=False)
+        check_model_config(cfg, config["backbone_cfg"])
     except ValueError as e:
-        message = str(e).replace("model.offsets:", "'offsets_per_layer':", 1) if offsets is not None else str(e)
+        message = str(e).replace("model.temporal.offsets:", "'offsets_per_layer':", 1) if offsets is not None else str(e)
         bad(f"{message}; {REMAKE}")
     _check_extras(config, cfg, bad)
     return cfg
@@ -263,9 +272,3 @@ def _check_extras(config: dict[str, Any], cfg: ModelConfig, bad) -> None:
         bad(f"'facts' must be a JSON object (name: value), got a JSON {type(facts).__name__}; fix or remove it")
     if size is not None and (not _whole(size) or size < 1):
         bad(f"'image_size' must be a whole number >= 1, got {size!r}; {REMAKE}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)

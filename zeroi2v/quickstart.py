@@ -137,11 +137,13 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     # 3. three runs from the same frozen image model
     with _stage(timings, "decode videos", log):
         train_set, test_set = _datasets(video_dir, classes, s, seed)
-    adapters = {"zeroi2v": dict(offsets=s.offsets), "no_stdha": dict(offsets=None)}
+    adapters = {"zeroi2v": dict(temporal={"kind": "stdha", "offsets": s.offsets}),
+                "no_stdha": dict(temporal={"kind": "stdha", "offsets": None})}
     configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
                for name, o in adapters.items()}
     configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
-                                          epochs=s.probe_epochs, offsets=None, adapter=None, finetune="linear_probe")
+                                          epochs=s.probe_epochs, temporal={"kind": "stdha", "offsets": None},
+                                          adapter=None, finetune="linear_probe")
     with _stage(timings, "train zeroi2v + no_stdha", log):
         trained = _train_runs({k: configs[k] for k in adapters}, train_set, test_set, s.parallel)
     with _stage(timings, "train linear_probe", log):
@@ -223,8 +225,9 @@ def _datasets(video_dir: Path, classes: list[str], s: QuickstartSettings, seed: 
 
 def _run_config(s: QuickstartSettings, backbone: str, classes: list[str], out_dir: Path, seed: int,
                 epochs: int, **model_overrides: Any) -> Config:
+    model_overrides.setdefault("adapter", {"kind": "linear", "placement": "4", "scale": 1.0})
     model = ModelConfig(backbone=backbone, num_classes=len(classes), num_frames=s.num_frames, class_names=classes,
-                        adapter_scale=1.0, head_dropout=s.head_dropout, **model_overrides)
+                        head_dropout=s.head_dropout, **model_overrides)
     return Config(model=model, data=DataConfig(workers=0, size=s.size),
                   optim=OptimConfig(lr=s.lr, epochs=epochs, warmup_epochs=1, label_smoothing=0.1, clip_grad=s.clip_grad),
                   train=TrainConfig(batch_size=s.batch_size, total_batch=s.batch_size, device="cpu", seed=seed,

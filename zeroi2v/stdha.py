@@ -11,11 +11,12 @@ first heads (contiguous channel blocks), as in the authors' code.
 from __future__ import annotations
 
 import re
-from typing import Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from zeroi2v.temporal import TEMPORAL, TemporalOperator
 
 OffsetSpec = Union[str, Sequence[int], Sequence[Sequence[int]], None]
 
@@ -146,12 +147,17 @@ def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, bounda
     return out.reshape(bt, h, n, d)
 
 
-class STDHA(nn.Module):
+@TEMPORAL.register("stdha")
+class STDHA(TemporalOperator):
     """The temporal operator of one attention layer: shifts K and V of the temporal heads.
 
-    Pluggable: the attention calls ``q, k, v = temporal(q, k, v)`` on per-head tensors
-    (B*T, heads, tokens, head_dim); other zero-cost operators (channel shift, Q shift) fit the same slot.
+    Spec (``model.temporal``): ``offsets``, the Δt multiset of every layer (a string, a preset name,
+    a per-head list, or a list with one such spec per layer; ``null``: all heads spatial), and
+    ``boundary``, what a head reads past the clip's ends (see ``BOUNDARIES``).
     """
+
+    on_qkv = True
+    defaults = {"offsets": "1x1,-1x1", "boundary": "self"}
 
     def __init__(self, offsets: Sequence[int], num_frames: int, boundary: str = "self"):
         super().__init__()
@@ -162,17 +168,42 @@ class STDHA(nn.Module):
         self.boundary = boundary
         self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @classmethod
+    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int, num_layers: int, num_frames: int) -> dict:
+        """Offsets become one per-head list per layer (``parse_offsets``); the result checks again unchanged."""
+        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames)
+        offsets, boundary = spec["offsets"], spec["boundary"]
+        per_layer = isinstance(offsets, (list, tuple)) and len(offsets) == num_layers \
+            and not all(isinstance(o, int) for o in offsets)
+        try:
+            resolved = [list(parse_offsets(s, num_heads, num_frames)) for s in (offsets if per_layer else [offsets] * num_layers)]
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"offsets: {e}") from None
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary: must be one of {list(BOUNDARIES)}, got {boundary!r}")
+        return {"offsets": resolved, "boundary": boundary}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], *, layer: int, num_heads: int, num_frames: int) -> "STDHA":
+        return cls(spec["offsets"][layer], num_frames, spec["boundary"])
+
+    @property
+    def head_offsets(self) -> tuple[int, ...]:
+        return self.offsets
+
     @property
     def temporal_heads(self) -> list[int]:
         return [i for i, off in enumerate(self.offsets) if off != 0]
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if not any(self.offsets):
             return q, k, v
         if k.device not in self._index:
             self._index[k.device] = source_frames(self.offsets, self.num_frames, self.boundary, k.device)
         index = self._index[k.device]
         return q, *(shift_heads(x, self.offsets, self.num_frames, self.boundary, index) for x in (k, v))
+
+    forward = qkv
 
     def extra_repr(self) -> str:
         return f"Δt={{{format_offsets(self.offsets)}}}, num_frames={self.num_frames}, boundary={self.boundary}"

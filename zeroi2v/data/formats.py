@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from zeroi2v.files import read_json, read_text  # noqa: F401  (re-exported: the readers below use them)
+
 PathLike = str | os.PathLike
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
 
@@ -39,26 +41,6 @@ class Annotation:
 
     def __len__(self) -> int:
         return len(self.samples)
-
-
-def read_text(path: PathLike) -> str:
-    """A text file as UTF-8 (a leading byte-order mark is dropped); a file in another encoding is a
-    ValueError that names it, the line and the fix, not a bare UnicodeDecodeError."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}, as in Latin-1 or "
-                         f"Windows-1252 files); save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
-
-
-def read_json(path: PathLike):
-    """A UTF-8 JSON file's data; a broken file is a ValueError that names it and where it breaks."""
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
 
 
 def read_class_names(classes: PathLike | Sequence[str] | None, num_labels: int = 0) -> list[str]:
