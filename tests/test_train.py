@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from zeroi2v.bench import measure_step
 from zeroi2v.config import load_config, save_config
 from zeroi2v.model import create_model
-from zeroi2v.train import NonFiniteLossError, load_checkpoint, lr_factor, main, measure_step, param_groups, train
+from zeroi2v.train import NonFiniteLossError, load_checkpoint, lr_factor, main, param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
