@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 from zeroi2v.bench import measure_step
 from zeroi2v.config import load_config, save_config
 from zeroi2v.model import create_model
-from zeroi2v.train import NonFiniteLossError, load_checkpoint, lr_factor, main, param_groups, train
+from zeroi2v.optim import lr_factor, param_groups
+from zeroi2v.train import NonFiniteLossError, load_checkpoint, main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,7 +289,7 @@ def test_a_failed_start_leaves_the_previous_run_intact(tmp_path):
         with pytest.raises((OSError, ValueError)):
             train(cfg, **kwargs)
         assert _snapshot(run) == before, kwargs
-    from zeroi2v.train import load_run
+    from zeroi2v.run_folder import load_run
     assert load_run(run).head.out_features == 3  # config.yaml still matches checkpoint.pt
 
 
