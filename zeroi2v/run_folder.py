@@ -160,7 +160,7 @@ def start_run(folder: Path, cfg: Config, resumed: bool, previous: list[str]) -> 
 
 
 def add_run_folder_arguments(parser) -> None:
-    """--resume | --force, for ``python -m zeroi2v.train`` and ``zeroi2v train``."""
+    """--resume | --force, for ``zeroi2v train``."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its "
                        "checkpoint.pt (refused when a run-defining setting changed)")

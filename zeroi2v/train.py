@@ -39,8 +39,8 @@ from zeroi2v.distributed import DistEnv, init_distributed, rng_states, seed_ever
 from zeroi2v.evaluate import _split_batch, evaluate, save_results, summary
 from zeroi2v.model import create_model
 from zeroi2v.optim import build_optimiser
-from zeroi2v.run_folder import (CHECKPOINT, Position, RunLog, add_run_folder_arguments, check_resume,
-                                check_run_folder, checkpoint_state, fact_changes, restore, start_run)
+from zeroi2v.run_folder import (CHECKPOINT, Position, RunLog, check_resume, check_run_folder, checkpoint_state,
+                                fact_changes, restore, start_run)
 
 Callback = Callable[[str, dict], None]
 """``callback(event, info)``; events: 'step' (after every optimiser step: epoch, step, global_step, loss,
@@ -388,22 +388,6 @@ def _class_names(*candidates: Any) -> list[str] | None:
     return None
 
 
-
-# --- command line (torchrun-friendly; the `zeroi2v train` CLI calls the same function) ---------------
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    from zeroi2v.config import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m zeroi2v.train", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="YAML config (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    add_run_folder_arguments(parser)
-    args = parser.parse_args(argv)
-    result = train(load_config(args.config, args.overrides), resume=args.resume, force=args.force)
-    return 0 if result["finished"] or result["stopped_at_max_steps"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command line is `zeroi2v train` (zeroi2v.cli); an old command must not pass silently
+    raise SystemExit("python -m zeroi2v.train has no command line any more: run `zeroi2v train CONFIG [--set KEY=VALUE] "
+                     "[--resume | --force]`, or `torchrun --nproc_per_node N -m zeroi2v train CONFIG` for several GPUs")
