@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from zeroi2v.cli import build_parser, main
 from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import create_model
 
+ROOT = Path(__file__).resolve().parents[1]
 VERBS = ["make-synthetic", "pretrain-image", "train", "eval", "merge", "predict", "bench", "quickstart", "demo"]
 
 
@@ -78,6 +81,28 @@ test: {{clips: 1, crops: 1}}
     assert (tmp_path / "merged" / "eval" / "results.json").is_file()
     assert main(["train", str(cfg), "--set", "optim.lr=oops"]) == 2
     assert "optim.lr" in capsys.readouterr().err
+
+
+def test_eval_of_a_merged_checkpoint_does_not_load_the_training_module(synthetic, tmp_path):
+    """eval reads its data with zeroi2v.data.build and its model with zeroi2v.merge: a merged checkpoint is
+    evaluated without importing the training loop (issue 10, item 4)."""
+    model = create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=4, offsets="1x1,-1x1").eval()
+    save_merged(merge_adapters(model), tmp_path / "merged")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+model: {{backbone: zeroi2v-micro, num_classes: 3, num_frames: 4, offsets: "1x1,-1x1"}}
+data: {{format: mmaction, root: {synthetic}, test_ann: {synthetic}/test.txt, short_side: 32, workers: 0}}
+test: {{clips: 1, crops: 1}}
+""")
+    code = ("import json, sys; from zeroi2v.cli import main; "
+            f"rc = main(['eval', {str(cfg)!r}, '--checkpoint', {str(tmp_path / 'merged')!r}]); "
+            "print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith('zeroi2v'))]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rc, modules = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rc == 0 and (tmp_path / "merged" / "eval" / "results.json").is_file()
+    assert "zeroi2v.train" not in modules and "zeroi2v.data.build" in modules
 
 
 def test_bench_prints_ratios(capsys, tmp_path):

@@ -13,9 +13,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from zeroi2v.bench import measure_step
+from zeroi2v.cli import main
 from zeroi2v.config import load_config, save_config
 from zeroi2v.model import create_model
-from zeroi2v.train import NonFiniteLossError, load_checkpoint, lr_factor, main, measure_step, param_groups, train
+from zeroi2v.optim import lr_factor, param_groups
+from zeroi2v.run_folder import load_checkpoint
+from zeroi2v.train import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +211,7 @@ def test_trains_from_video_files_through_the_data_package(tmp_path):
                     "train.total_batch=2", "optim.epochs=1", "data.randaugment=2,1", "test.clips=2", "test.crops=3",
                     "test.short_side=36")
     path = save_config(cfg, tmp_path / "cfg.yaml")
-    assert main([str(path), "--set", "optim.epochs=1"]) == 0  # `python -m zeroi2v.train cfg.yaml --set ...`
+    assert main(["train", str(path), "--set", "optim.epochs=1"]) == 0  # `zeroi2v train cfg.yaml --set ...`
     run = tmp_path / "run"
     rows = read_log(run)
     assert [int(r["step"]) for r in rows if r["kind"] == "train"] == [1, 2, 3]  # 6 videos, batch 2, no accumulation
@@ -217,6 +221,15 @@ def test_trains_from_video_files_through_the_data_package(tmp_path):
     assert val["num_samples"] == test["num_samples"] == 6 and test["class_names"] == ["left", "right"]
     assert sum(map(sum, test["confusion"])) == 6
     assert load_checkpoint(run / "checkpoint.pt")["global_step"] == 3
+
+
+def test_the_old_module_command_line_points_to_zeroi2v_train(tmp_path):
+    """`python -m zeroi2v.train` is no second command line: it fails in one line naming `zeroi2v train`."""
+    proc = subprocess.run([sys.executable, "-m", "zeroi2v.train", str(tmp_path / "cfg.yaml")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "\n" not in err and "Traceback" not in err
+    assert "`zeroi2v train CONFIG" in err and "-m zeroi2v train CONFIG" in err
 
 
 def _free_port():
@@ -287,7 +300,7 @@ def test_a_failed_start_leaves_the_previous_run_intact(tmp_path):
         with pytest.raises((OSError, ValueError)):
             train(cfg, **kwargs)
         assert _snapshot(run) == before, kwargs
-    from zeroi2v.train import load_run
+    from zeroi2v.run_folder import load_run
     assert load_run(run).head.out_features == 3  # config.yaml still matches checkpoint.pt
 
 
@@ -322,7 +335,7 @@ def _one_line_naming(message, path):
 
 
 def test_broken_checkpoints_are_one_line_that_names_the_file(tmp_path):
-    from zeroi2v.train import load_run
+    from zeroi2v.run_folder import load_run
     cfg = micro_cfg(tmp_path / "run", "train.max_steps=1")
     train(cfg, train_set=NoisyClips(8))
     run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.pt"
@@ -353,7 +366,7 @@ def test_run_loads_and_merges_after_its_local_backbone_folder_is_gone(tmp_path):
     import shutil
 
     from zeroi2v.merge import merge_adapters
-    from zeroi2v.train import load_run
+    from zeroi2v.run_folder import load_run
     trained, folder = _local_backbone_run(tmp_path)
     shutil.rmtree(folder)  # moved or deleted: checkpoint.pt holds every weight and the architecture
     model = load_run(tmp_path / "run")
@@ -367,7 +380,7 @@ def test_run_loads_and_merges_after_its_local_backbone_folder_is_gone(tmp_path):
 def test_old_checkpoint_without_architecture_names_the_missing_folder(tmp_path):
     import shutil
 
-    from zeroi2v.train import load_run, save_checkpoint
+    from zeroi2v.run_folder import load_run, save_checkpoint
     trained, folder = _local_backbone_run(tmp_path)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     del ckpt["backbone_cfg"]  # as written before checkpoints recorded it

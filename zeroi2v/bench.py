@@ -249,3 +249,136 @@ def run_benchmark_cli(args) -> int:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 1 if args.check and not result["verdict"]["pass"] else 0
+
+
+# --- cost of one training step (paper Table 1: training time and memory of ZeroI2V vs full fine-tuning) ---
+
+def _rss_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is no /proc."""
+    from pathlib import Path
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size; False where /proc does not allow it."""
+    from pathlib import Path
+    try:  # Linux: writing 5 resets the peak resident set size (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory_baseline(device: torch.device) -> tuple[float, bool]:
+    """(MiB in use before the steps, whether the peak that follows is the steps' own): CUDA's allocated
+    memory after resetting its peak, or the resident set size after resetting VmHWM where /proc allows."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20, True
+    peak_exact = _reset_peak_rss()
+    return _rss_mb("VmRSS") or 0.0, peak_exact
+
+
+def _memory_peak(device: torch.device, peak_exact: bool) -> tuple[float, str]:
+    """(peak MiB since ``_memory_baseline``, what was measured)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    import resource  # Unix only; psutil-free
+    peak = _rss_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak, "cpu_peak_rss" if peak_exact else "cpu_peak_rss_process_lifetime"
+
+
+def measure_step(cfg_or_model: "Config | ModelConfig | dict | nn.Module", batch_size: int = 8, steps: int = 3,
+                 finetune: str | None = None, device: str | torch.device | None = None, amp: str = "none",
+                 warmup: int = 1, image_size: int | None = None) -> dict:
+    """Time ``steps`` training steps (forward, backward, AdamW) on random clips and report peak memory.
+
+    Args:
+        cfg_or_model: a model, or a (model) config to build one from (random weights unless configured).
+        batch_size: clips per step. steps: timed steps (after ``warmup`` untimed ones).
+        finetune: set the trainable parameters first ('adapters' = ZeroI2V, 'full', 'linear_probe').
+            For the paper's full fine-tuning baseline build the model with ``adapter=None`` (see
+            ``compare_finetuning``).
+        device: default CUDA when available. amp: 'bf16' | 'fp16' autocast on CUDA, else fp32.
+        image_size: input side (default: the backbone's).
+
+    Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` over the steps; on CPU the process's
+    peak resident set size (VmHWM, reset first when /proc allows). ``step_mem_mb`` is the peak minus what
+    was resident before the first step (activations, gradients, optimiser state).
+    """
+    import numpy as np
+
+    from zeroi2v.config import Config
+    from zeroi2v.model import create_model
+    if isinstance(cfg_or_model, nn.Module):
+        model = cfg_or_model
+    else:
+        mc = cfg_or_model.model if isinstance(cfg_or_model, Config) else cfg_or_model
+        model = create_model(mc)
+    if finetune is not None:
+        model.set_finetune(finetune)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).train()
+    frames = getattr(model, "num_frames", 8)
+    size = image_size or getattr(model, "image_size", 224)
+    num_classes = model.head.out_features if hasattr(model, "head") else 10
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(batch_size, 3, frames, size, size, generator=g).to(device)
+    label = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    cuda = device.type == "cuda"
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)) \
+        if cuda and amp in ("bf16", "fp16") else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=cuda and amp == "fp16")
+
+    def one_step() -> None:
+        with ctx():
+            loss = nn.functional.cross_entropy(model(video).float(), label)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    baseline, peak_exact = _memory_baseline(device)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        one_step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak, kind = _memory_peak(device, peak_exact)
+    step_time = float(np.median(times)) if times else float("nan")
+    mode = finetune or getattr(getattr(model, "cfg", None), "finetune", "?")
+    return {
+        "mode": mode, "adapters": bool(getattr(getattr(model, "cfg", None), "adapter", None)),
+        "backbone": getattr(getattr(model, "cfg", None), "backbone", type(model).__name__),
+        "device": str(device), "amp": amp if cuda else "none", "batch_size": batch_size, "frames": frames,
+        "image_size": size, "steps": steps, "step_time_s": step_time, "clips_per_s": batch_size / step_time,
+        "trainable_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters()),
+        "peak_mem_mb": round(peak, 1), "baseline_mem_mb": round(baseline, 1), "step_mem_mb": round(peak - baseline, 1),
+        "mem_kind": kind, "threads": torch.get_num_threads(),
+    }
+
+
+def compare_finetuning(model_cfg: "ModelConfig | dict", batch_size: int = 8, steps: int = 3, **kwargs) -> dict[str, dict]:
+    """``measure_step`` for ZeroI2V (the config as given: adapters, frozen backbone) and for full
+    fine-tuning of the same ViT + STDHA without adapters (every parameter trains), as the paper compares."""
+    from zeroi2v.config import ModelConfig
+    from zeroi2v.model import create_model
+    mc = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict(dict(model_cfg))
+    out = {}
+    for name, overrides in (("zeroi2v", {"finetune": "adapters"}), ("full_finetune", {"adapter": None, "finetune": "full"})):
+        model = create_model(mc, **overrides)
+        out[name] = measure_step(model, batch_size, steps, **kwargs)
+        del model
+    return out

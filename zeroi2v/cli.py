@@ -98,17 +98,17 @@ def _add_eval(sub):
 
 def _load_any(a):
     """A merged checkpoint directory, or the model of a training run folder."""
-    from zeroi2v.merge import load_merged
-    from zeroi2v.train import load_run
     if getattr(a, "checkpoint", None):
+        from zeroi2v.merge import load_merged
         return load_merged(a.checkpoint)
+    from zeroi2v.run_folder import load_run
     return load_run(a.run)
 
 
 def cmd_eval(a):
     from zeroi2v.config import load_config
     from zeroi2v.evaluate import evaluate, save_results
-    from zeroi2v.train import build_datasets
+    from zeroi2v.data.build import build_datasets
     cfg = load_config(a.config, a.overrides)
     model = _load_any(a)
     _, val_set, test_set = build_datasets(cfg, model.image_size)
@@ -135,7 +135,7 @@ def _add_merge(sub):
 def cmd_merge(a):
     import torch
     from zeroi2v.merge import merge_adapters, save_merged
-    from zeroi2v.train import load_run
+    from zeroi2v.run_folder import load_run
     model = load_run(a.run)
     merged = merge_adapters(model)
     save_merged(merged, a.out, extra={"class_names": model.cfg.class_names})

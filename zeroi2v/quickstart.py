@@ -243,7 +243,8 @@ def _train_runs(configs: dict[str, Config], train_set, test_set, parallel: bool)
     one thread each: on 2 cores two 1-thread runs take about as long as one. The quickstart owns its run
     folders: a re-run trains them again over the previous runs (``force``).
     """
-    from zeroi2v.train import load_run, train
+    from zeroi2v.run_folder import load_run
+    from zeroi2v.train import train
     if parallel and len(configs) > 1 and hasattr(os, "fork"):
         ctx = multiprocessing.get_context("fork")
         procs = {name: ctx.Process(target=_train_child, args=(cfg, train_set, test_set), name=f"train-{name}")

@@ -1,7 +1,8 @@
-"""Guards of a run folder (``train.out_dir``): a run's work is never overwritten by accident, and a resume
-continues the same run or is refused.
+"""A run folder (``train.out_dir``): its guards, its log and its checkpoint. A run's work is never overwritten
+by accident, a resume continues the same run or is refused, and a resumed run continues exactly.
 
-A run folder holds ``config.yaml`` (the exact config), ``log.csv``, ``checkpoint.pt`` and ``results/``.
+A run folder holds ``config.yaml`` (the exact config), ``log.csv`` (``RunLog``, + TensorBoard when
+installed), ``checkpoint.pt`` (``checkpoint_state``: everything a resume needs) and ``results/``.
 
 - **Fresh start.** A folder that already holds work (``checkpoint.pt``, ``log.csv``, ``results/``, or a
   ``config.yaml`` of another config) is refused: continue it with ``--resume``, overwrite it with
@@ -14,17 +15,27 @@ A run folder holds ``config.yaml`` (the exact config), ``log.csv``, ``checkpoint
   number of clips or steps per epoch (the data order and the position inside the epoch would be wrong).
 - **Writing.** ``config.yaml`` (``config.resumed.yaml`` when resuming) is written only once every check has
   passed and the data and model are built, and atomically (``save_config``).
+- **Resuming exactly.** The checkpoint holds the model, optimiser, scheduler and loss-scaler states, every
+  rank's RNG states and the position inside the epoch (``Position``); ``restore`` puts them all back and
+  ``RunLog`` drops the log rows written after the checkpoint.
+
+``load_run`` rebuilds a run's trained model from the folder alone (merge, eval); ``load_checkpoint`` reads
+a checkpoint as data and names a broken one.
 """
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from zeroi2v.config import Config, save_config
+from zeroi2v.config import Config, load_config, save_config
+from zeroi2v.distributed import set_rng_state
+from zeroi2v.files import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 PRIOR_WORK = (CHECKPOINT, "log.csv", "results")
@@ -124,6 +135,20 @@ def check_resume(folder: Path, changes: list[str], undo: str = "undo the change"
             f"overwrite this one with --force)")
 
 
+def check_run_folder(folder: Path, cfg: Config, ckpt: dict[str, Any] | None, resume: bool, force: bool,
+                     say: Callable[[str], None] = print) -> list[str]:
+    """Check ``folder`` before anything is built or written: a fresh start (no checkpoint ``ckpt`` to resume
+    from) over another run's work needs ``force``; a resume must keep every run-defining setting. Returns the
+    previous run's work that ``start_run`` removes. (The training set is checked later, by ``fact_changes``.)"""
+    if ckpt is not None:
+        check_resume(folder, config_changes(ckpt.get("config"), cfg.to_dict()))
+        return []
+    previous = check_fresh_start(folder, cfg, force, resume)
+    if resume:
+        say(f"[zeroi2v] resume: no checkpoint at {folder / CHECKPOINT}, starting from scratch")
+    return previous
+
+
 def start_run(folder: Path, cfg: Config, resumed: bool, previous: list[str]) -> None:
     """The run is starting: remove the ``previous`` run's files (``force``), then write the config,
     atomically: ``config.yaml``, or ``config.resumed.yaml`` beside it when resuming."""
@@ -136,7 +161,7 @@ def start_run(folder: Path, cfg: Config, resumed: bool, previous: list[str]) -> 
 
 
 def add_run_folder_arguments(parser) -> None:
-    """--resume | --force, for ``python -m zeroi2v.train`` and ``zeroi2v train``."""
+    """--resume | --force, for ``zeroi2v train``."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its "
                        "checkpoint.pt (refused when a run-defining setting changed)")
@@ -146,3 +171,152 @@ def add_run_folder_arguments(parser) -> None:
 
 def _show(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+# --- the checkpoint: everything a resume needs --------------------------------------------------------
+
+@dataclass
+class Position:
+    """Where a run is: ``epoch`` epochs done, ``step_in_epoch`` optimiser steps into the next one,
+    ``global_step`` steps in all, and ``history``, one dict per finished epoch."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkpoint_state(parts: dict[str, Any], at: Position, rngs: list[dict[str, Any]], cfg: Config,
+                     steps_per_epoch: int, train_clips: int, skip: int) -> dict[str, Any]:
+    """The checkpoint's content: the ``state_dict()`` of each of ``parts`` (model, optimizer, scheduler,
+    scaler) under its key, every rank's RNG states (``zeroi2v.distributed.rng_states``), the position,
+    the training-set facts a resume checks (``FACTS``), the sampler's place (``skip`` clips of the epoch's
+    order done) and the config."""
+    return {**{key: part.state_dict() for key, part in parts.items()}, "rng": rngs,
+            "epoch": at.epoch, "step_in_epoch": at.step_in_epoch, "global_step": at.global_step,
+            "steps_per_epoch": steps_per_epoch, "train_clips": train_clips, "world_size": len(rngs),
+            "history": at.history, "sampler": {"seed": cfg.train.seed, "epoch": at.epoch, "skip": skip},
+            "backbone_cfg": getattr(parts["model"], "backbone_cfg", None), "config": cfg.to_dict()}
+
+
+def restore(ckpt: dict[str, Any], parts: dict[str, Any], rank: int) -> Position:
+    """Load each of ``parts`` from a ``checkpoint_state`` and this rank's RNG states (rank modulo the
+    checkpoint's world size); returns the position to continue from."""
+    for key, part in parts.items():
+        part.load_state_dict(ckpt[key])
+    set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])])
+    return Position(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], list(ckpt.get("history", [])))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """``torch.save``, atomically: a reader never sees half a checkpoint. ``train`` stores ``model``
+    (weights), ``config`` and ``backbone_cfg`` (the backbone's architecture), so that ``load_run`` needs
+    nothing but the run folder."""
+    import torch
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+RUN_CHECKPOINT = "a checkpoint written by `zeroi2v train`"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by ``train``: tensors and plain types only (``weights_only=True``); anything
+    else (empty, text, truncated, pickled code, another program's file) is a one-line error naming it."""
+    from zeroi2v.backbones import describe_contents, load_torch_data
+    state = load_torch_data(path, RUN_CHECKPOINT)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} holds {describe_contents(state)} without model weights: it is not {RUN_CHECKPOINT}")
+    return state
+
+
+def load_run(run: str | Path):
+    """The trained model of a run folder, in eval mode, from the folder alone: ``checkpoint.pt`` holds the
+    weights, the config and the backbone's architecture, so a ``local-dir:`` backbone that has moved or a
+    hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded look the
+    backbone's config up by the name in the run's config)."""
+    from zeroi2v.model import ModelConfig, build_from_backbone_cfg
+    run = Path(run)
+    path = run / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run folder (needs {CHECKPOINT}, written by `zeroi2v train`)")
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"]["model"]) if isinstance(ckpt.get("config"), dict) \
+            else _run_config(run).model
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} holds a model config this version cannot read ({e})") from e
+    model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit its model config "
+                         f"({' '.join(str(e).split())[:300]})") from e
+    return model.eval()
+
+
+def _run_config(run: Path) -> Config:
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run / CHECKPOINT} holds no config and {run / 'config.yaml'} is missing")
+    return load_config(run / "config.yaml")
+
+
+def _old_backbone_cfg(path: Path, cfg) -> dict[str, Any]:
+    """The architecture of a checkpoint written before ``backbone_cfg`` was recorded, looked up by name as
+    training did then (a pretrained tag could switch QuickGELU on; a weights file did not)."""
+    from zeroi2v.backbones import backbone_architecture
+    tag = None if cfg.pretrained is None or Path(cfg.pretrained).is_file() else cfg.pretrained
+    try:
+        return backbone_architecture(cfg.backbone, tag)
+    except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{path} predates checkpoints that record their backbone's architecture, and its backbone "
+            f"{cfg.backbone} cannot be read ({e}). Fix: put that folder back (only its open_clip_config.json "
+            f"is read), then merge or evaluate again") from e
+
+
+# --- the log ------------------------------------------------------------------------------------------
+
+LOG_FIELDS = ("kind", "epoch", "step", "loss", "lr", "val_top1", "val_top5", "clips_per_s", "decode_failures", "time_s")
+"""The columns of ``log.csv``: 'train' rows every ``train.log_every`` steps, an 'epoch' row per epoch."""
+
+
+class RunLog:
+    """log.csv (+ TensorBoard when installed) on rank 0; a no-op elsewhere. ``keep_until=(epochs, step)``
+    (resuming) keeps the rows up to the checkpoint and drops those written after it."""
+
+    def __init__(self, folder: Path, active: bool, keep_until: tuple[int, int] | None = None):
+        self.active, self.path, self.tb = active, folder / "log.csv", None
+        if not active:
+            return
+        rows = []
+        if keep_until is not None and self.path.is_file():  # resuming: drop rows written after the checkpoint
+            with open(self.path, newline="") as f:
+                for row in csv.DictReader(f):
+                    done_epochs, step = keep_until
+                    keep = int(row["epoch"]) <= done_epochs if row["kind"] == "epoch" else int(row["step"]) <= step
+                    rows.append(row) if keep else None
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(folder / "tensorboard"))
+        except Exception:  # tensorboard not installed: the CSV is the log
+            self.tb = None
+
+    def write(self, **row: Any) -> None:
+        """Append one row (``LOG_FIELDS`` by name; missing ones stay empty)."""
+        if not self.active:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_FIELDS})
+        if self.tb is not None:
+            for key in ("loss", "lr", "val_top1", "val_top5", "clips_per_s", "decode_failures"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(f"{row['kind']}/{key}", row[key], row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
