@@ -360,18 +360,24 @@ def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int,
 
 
 # ------------------------------------------------------------------------------------ whole videos
-def sample_views(model, source, num_clips: int = 1, short_side: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Test views of a decoded video for ``model``: ``num_clips`` uniform clips, centre crop each.
+def sample_views(model, source, num_clips: int = 1, short_side: int | None = None,
+                 deadline: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Test views of a video for ``model``: ``num_clips`` uniform clips, centre crop each.
 
-    ``source`` is a ``zeroi2v.data.decode.VideoSource``. The short side is resized to
-    ``short_side`` (default: the model's input size, so the centre crop keeps the whole short side).
+    ``source`` is a path or a ``zeroi2v.data.decode.VideoSource``. The short side is resized to
+    ``short_side`` (default: the model's input size, so the centre crop keeps the whole short side); a
+    path is opened so that the decoder scales to that size itself (no full-resolution frames in memory).
+    ``deadline`` (a ``time.monotonic()`` value) stops decoding between frames with ``DecodeTimeout``.
     Returns (views float (num_clips, C, T, H, W), frame indices int64 (num_clips, T)).
     """
+    from zeroi2v.data.decode import open_video
     from zeroi2v.data.sampling import UniformSampler
     from zeroi2v.data.transforms import TestTransform
     size = model.image_size
+    if isinstance(source, (str, Path)):
+        source = open_video(source, short_side=short_side or size)
     indices = UniformSampler(model.num_frames, num_clips)(source.num_frames, train=False)
-    frames = source.get(indices.reshape(-1))  # one decode call, (num_clips*T, C, H, W)
+    frames = source.get(indices.reshape(-1), deadline=deadline)  # one decode pass, (num_clips*T, C, H, W)
     transform = TestTransform(size=size, short_side=short_side or size, crops=1,
                               mean=model.cfg.mean, std=model.cfg.std)
     t = model.num_frames
@@ -394,8 +400,20 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     t0 = time.perf_counter()
     if isinstance(source, (str, Path)):
         from zeroi2v.data.decode import open_video
-        source = open_video(source)
+        source = open_video(source, short_side=short_side or model.image_size)
     views, indices = sample_views(model, source, num_clips=num_clips, short_side=short_side)
+    decode = time.perf_counter() - t0
+    result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height)
+    result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
+    result.update(indices=indices, video={"num_frames": int(source.num_frames), "fps": float(source.fps),
+                                          "path": str(source.path)})
+    return result
+
+
+def explain_views(model, views: torch.Tensor, target_class: int | None = None, block: int = -1,
+                  display_height: int | None = 96) -> dict[str, Any]:
+    """The model part of ``explain_video``, on views from ``sample_views`` (the demo decodes outside
+    its model lock, then calls this under it). ``"timings"``: inference, cam and their total."""
     t1 = time.perf_counter()
     device = next(model.parameters()).device
     was_training = model.training
@@ -416,8 +434,7 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     t3 = time.perf_counter()
     result.update({
         "view_probability": result["probability"], "probability": float(probs[target]), "probs": probs,
-        "frames": frames, "strips": strips, "indices": indices,
-        "video": {"num_frames": int(source.num_frames), "fps": float(source.fps), "path": str(source.path)},
-        "timings": {"decode": t1 - t0, "inference": t2 - t1, "cam": t3 - t2, "total": t3 - t0},
+        "frames": frames, "strips": strips,
+        "timings": {"inference": t2 - t1, "cam": t3 - t2, "total": t3 - t1},
     })
     return result
