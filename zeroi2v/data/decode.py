@@ -49,11 +49,12 @@ class DecodeTimeout(VideoDecodeError):
     """Decoding ran past its deadline (a time budget per request)."""
 
 
-def decode_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+def decode_size(height: int, width: int, short_side: int | None, up: bool = False) -> tuple[int, int]:
     """(H, W) a frame is decoded to: short side scaled down to ``short_side`` (aspect kept, the long side
-    truncated as torchvision's resize does, so the transform's own resize is then a no-op); never up."""
+    truncated as torchvision's resize does, so the transform's own resize is then a no-op); never up,
+    unless ``up`` (then: the size the transform resizes to)."""
     short = min(height, width)
-    if not short_side or short <= short_side:
+    if not short_side or short == short_side or (short < short_side and not up):
         return int(height), int(width)
     if height <= width:
         return int(short_side), max(1, int(short_side * width / height))
@@ -343,12 +344,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Ite
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         rate = Fraction(fps).limit_denominator(1001)
-        stream = None
+        stream, options = None, {"crf": str(crf), "preset": preset, **(options or {})}
         for i, frame in enumerate(frames):
             if stream is None:
-                stream = _h264_stream(container, rate, frame.shape, {"crf": str(crf), "preset": preset, **(options or {})})
+                stream = _h264_stream(container, rate, frame.shape, options)
             if frame.shape != (stream.height, stream.width, 3) or frame.dtype != np.uint8:
-                raise ValueError(f"frame {i}: expected uint8 {(stream.height, stream.width, 3)}, got {frame.dtype} {frame.shape}")
+                raise ValueError(f"frame {i}: expected uint8 {(stream.height, stream.width, 3)}, "
+                                 f"got {frame.dtype} {frame.shape}")
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = i  # one tick of 1/fps per frame
             container.mux(stream.encode(picture))

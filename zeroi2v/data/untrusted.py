@@ -145,6 +145,12 @@ def _human(nbytes: float) -> str:
     return f"{nbytes:.1f} GB"
 
 
+def _pixels(n: float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} G pixels"
+    return f"{n / 1e6:.1f} M pixels" if n >= 1e6 else f"{n:,.0f} pixels"
+
+
 def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, clips: int = 1,
                    limits: dict[str, Any] = UPLOAD_LIMITS, name: str | None = None):
     """Open an untrusted video for ``clips`` views of ``num_frames`` frames at ``short_side`` pixels,
@@ -153,7 +159,7 @@ def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, cl
     `zeroi2v.data.decode.open_video`). Returns (source, decode work in pixels: frames the decoder
     runs through x stored width x height).
     """
-    from zeroi2v.data.decode import VideoDecodeError, open_video, probe_video, too_few_frames
+    from zeroi2v.data.decode import VideoDecodeError, decode_size, open_video, probe_video
     from zeroi2v.data.sampling import UniformSampler
     lim, name = limits, name or Path(path).name
     if not os.path.isfile(path):
@@ -173,7 +179,8 @@ def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, cl
             raise RefusedInput(f"`{name}` is {w}x{h} pixels; the limit is {lim['max_side']} px a side.")
         source = open_video(path, short_side=short_side, probe=probe)
     except VideoDecodeError as e:
-        raise RefusedInput(f"`{name}` looks like {kind} but cannot be read as a video ({clean_reason(e, path)}).") from None
+        raise RefusedInput(f"`{name}` looks like {kind} but cannot be read as a video "
+                           f"({clean_reason(e, path)}).") from None
     n, fps = int(source.num_frames), float(source.fps or 0.0)
     if too_few_frames(n, lim["min_frames"]):
         raise RefusedInput(f"`{name}` {too_few_frames(n, lim['min_frames'])}.")
@@ -181,11 +188,11 @@ def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, cl
         raise RefusedInput(f"`{name}` has {n:,} frames; the limit is {lim['max_frames']:,}. Trim it first.")
     if fps > 0 and n / fps > lim["max_seconds"]:
         raise RefusedInput(f"`{name}` lasts {n / fps:.0f} s; the limit is {lim['max_seconds']:.0f} s. Trim it first.")
-    dh, dw = source.decoded_size
+    dh, dw = decode_size(h, w, short_side, up=True)  # what the transform resizes to, before its crop
     if dh * dw > lim["max_frame_pixels"]:
-        raise RefusedInput(f"`{name}` is {w}x{h} pixels: scaled for the model a frame would be {dw}x{dh}, "
-                           f"{dh * dw / 1e6:.1f} M pixels; the limit is {lim['max_frame_pixels'] / 1e6:.1f} M. "
-                           f"Crop it to a less elongated shape.")
+        raise RefusedInput(f"`{name}` is {w}x{h} pixels: scaled to the model's {short_side}-pixel short side a "
+                           f"frame would be {dw}x{dh} = {_pixels(dh * dw)}; the limit is "
+                           f"{_pixels(lim['max_frame_pixels'])}. Crop it to a less elongated shape.")
     views = f"{clips} view{'s' if clips > 1 else ''}"
     decoded = clips * num_frames * dh * dw * 3
     if decoded > lim["max_decoded_bytes"]:
@@ -193,6 +200,6 @@ def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, cl
                            f"{_human(lim['max_decoded_bytes'])}. Use fewer views.")
     work = source.frames_to_decode(UniformSampler(num_frames, clips)(n, train=False)) * h * w
     if work > lim["max_decode_work"]:
-        raise RefusedInput(f"`{name}` would need {work / 1e9:.1f} G pixels decoded for {views}; the limit is "
-                           f"{lim['max_decode_work'] / 1e9:.1f} G. Trim it, lower its resolution, or use fewer views.")
+        raise RefusedInput(f"`{name}` would need {_pixels(work)} decoded for {views}; the limit is "
+                           f"{_pixels(lim['max_decode_work'])}. Trim it, lower its resolution, or use fewer views.")
     return source, work
