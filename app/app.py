@@ -305,14 +305,13 @@ def build_app(checkpoint_dir: str | os.PathLike, keep_uploads: float = 900.0, **
 
     def run(upload, example, target, block, clips, kept):
         empty = (None,) * 5
-        path = _upload_path(upload)
+        path = uploaded = _upload_path(upload)
         if path is None and example:
             if example not in backend.examples:  # a name, never a path: nothing else is readable
                 return (_status("error", f"unknown example {example!r}."), *empty, "", forget(kept, None))
             path = str(backend.examples[example])
         if not path:
             return (_status("info", "Upload a video or pick an example."), *empty, "", forget(kept, None))
-        uploaded = path if _upload_path(upload) else None
         try:
             r = backend.analyse(path, target=target, block=int(block), clips=int(clips))
         except Busy as e:  # the same upload may be tried again

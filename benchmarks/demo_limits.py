@@ -73,8 +73,7 @@ def make_inputs(out: Path) -> dict[str, Path]:
         paths[name] = out / f"{name}.mp4"
         if not paths[name].is_file():
             print(f"writing {paths[name]} ({t} frames of {w}x{h}) ...", flush=True)
-            write_video(paths[name].with_suffix(".tmp.mp4"), hostile_frames(t, h, w), fps=fps, **fast)
-            paths[name].with_suffix(".tmp.mp4").replace(paths[name])
+            write_video(paths[name], hostile_frames(t, h, w), fps=fps, **fast)  # whole or not at all
     paths["normal"] = out / "normal.mp4"
     if not paths["normal"].is_file():
         write_video(paths["normal"], np.stack(list(f.copy() for f in hostile_frames(64, 240, 320, square=48))), fps=30)

@@ -176,6 +176,7 @@ def test_write_video_streams_an_iterable(tmp_path):
     assert open_video(tmp_path / "g.mp4").get_all().shape == (5, 3, 32, 48)
     with pytest.raises(ValueError, match="frame 1"):
         write_video(tmp_path / "bad.mp4", iter([frames(t=1)[0], frames(t=1, w=64)[0]]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.mp4"]  # no half-written file
 
 
 def test_decord_log_stays_off_stderr_and_becomes_the_reason(tmp_path, capfd):

@@ -362,20 +362,17 @@ def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int,
 # ------------------------------------------------------------------------------------ whole videos
 def sample_views(model, source, num_clips: int = 1, short_side: int | None = None,
                  deadline: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Test views of a video for ``model``: ``num_clips`` uniform clips, centre crop each.
+    """Test views of a decoded video for ``model``: ``num_clips`` uniform clips, centre crop each.
 
-    ``source`` is a path or a ``zeroi2v.data.decode.VideoSource``. The short side is resized to
-    ``short_side`` (default: the model's input size, so the centre crop keeps the whole short side); a
-    path is opened so that the decoder scales to that size itself (no full-resolution frames in memory).
+    ``source`` is a ``zeroi2v.data.decode.VideoSource``. The short side is resized to ``short_side``
+    (default: the model's input size, so the centre crop keeps the whole short side); a source opened
+    with ``open_video(path, short_side=...)`` comes out of the decoder at that size already.
     ``deadline`` (a ``time.monotonic()`` value) stops decoding between frames with ``DecodeTimeout``.
     Returns (views float (num_clips, C, T, H, W), frame indices int64 (num_clips, T)).
     """
-    from zeroi2v.data.decode import open_video
     from zeroi2v.data.sampling import UniformSampler
     from zeroi2v.data.transforms import TestTransform
     size = model.image_size
-    if isinstance(source, (str, Path)):
-        source = open_video(source, short_side=short_side or size)
     indices = UniformSampler(model.num_frames, num_clips)(source.num_frames, train=False)
     frames = source.get(indices.reshape(-1), deadline=deadline)  # one decode pass, (num_clips*T, C, H, W)
     transform = TestTransform(size=size, short_side=short_side or size, crops=1,
@@ -389,8 +386,9 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
                   display_height: int | None = 96, short_side: int | None = None) -> dict[str, Any]:
     """Classify a video (mean softmax over ``num_clips`` views) and Grad-CAM its middle view.
 
-    ``source`` is a path or a ``VideoSource``. The explained class defaults to the top-1 of the
-    view-averaged prediction. Returns ``gradcam``'s dict plus ``"probs"`` (view-averaged),
+    ``source`` is a path (decoded straight to the model's size) or a ``VideoSource``. The explained
+    class defaults to the top-1 of the view-averaged prediction. Returns ``gradcam``'s dict plus
+    ``"probs"`` (view-averaged),
     ``"view_probability"`` (the explained class on the CAM view), ``"frames"`` (uint8 (T, H, W, 3),
     the CAM view as the model saw it), ``"strips"`` (group -> uint8 image or None, plus
     ``"frames"``), ``"indices"``, ``"video"`` (num_frames, fps, path) and ``"timings"`` in seconds

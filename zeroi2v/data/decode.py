@@ -328,26 +328,41 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Ite
                 crf: int = 12, preset: str = "medium", options: dict[str, str] | None = None) -> None:
     """Write uint8 frames (T, H, W, 3), or an iterable of (H, W, 3) frames, as an H.264 MP4 (yuv420p, so
     H and W must be even). An iterable is encoded as it comes: long or huge clips never sit in memory.
+    The file appears whole or not at all (written beside it, then renamed).
 
     crf: quality, 0 lossless … 51 worst (12: visually lossless). Lossy x264 is not bit-exact from run to run
     on tiny frames (32 px), even with one thread; crf=0 is, in what it decodes to (the YUV of the input),
     so reproducible data sets use it. options: more libx264 options (e.g. {"x264-params": "keyint=600"}).
     """
-    from fractions import Fraction
-
-    import av
-
     if isinstance(frames, (np.ndarray, torch.Tensor)):
         frames = frames.numpy() if isinstance(frames, torch.Tensor) else frames
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells the muxer the format
+    try:
+        _encode_h264(partial, frames, fps, {"crf": str(crf), "preset": preset, **(options or {})})
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _encode_h264(path: Path, frames: Iterable[np.ndarray], fps: float, options: dict[str, str]) -> None:
+    from fractions import Fraction
+
+    import av
+
     with av.open(str(path), "w") as container:
-        rate = Fraction(fps).limit_denominator(1001)
-        stream, options = None, {"crf": str(crf), "preset": preset, **(options or {})}
+        stream = None
         for i, frame in enumerate(frames):
             if stream is None:
-                stream = _h264_stream(container, rate, frame.shape, options)
+                h, w = frame.shape[:2]
+                if h % 2 or w % 2:
+                    raise ValueError(f"H.264 yuv420p needs even sizes, got {h}x{w}")
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options=options)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                stream.codec_context.thread_count = 1
             if frame.shape != (stream.height, stream.width, 3) or frame.dtype != np.uint8:
                 raise ValueError(f"frame {i}: expected uint8 {(stream.height, stream.width, 3)}, "
                                  f"got {frame.dtype} {frame.shape}")
@@ -357,13 +372,3 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | torch.Tensor | Ite
         if stream is None:
             raise ValueError("no frames to write")
         container.mux(stream.encode())  # flush
-
-
-def _h264_stream(container, rate, shape: tuple[int, ...], options: dict[str, str]):
-    h, w = shape[:2]
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs even sizes, got {h}x{w}")
-    stream = container.add_stream("libx264", rate=rate, options=options)
-    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    stream.codec_context.thread_count = 1
-    return stream

@@ -134,7 +134,7 @@ def decord_log() -> Iterator[list[str]]:
                 else:
                     other.append(line)
             if other:
-                sys.stderr.write("\n".join(other) + "\n")
+                os.write(2, ("\n".join(other) + "\n").encode())
 
 
 def _human(nbytes: float) -> str:
