@@ -7,11 +7,14 @@ example videos), samples the model's frames, shows the top-5 classes averaged ov
 of test views, the sampled frames, and Grad-CAM strips for the spatial, temporal and all heads of
 one block (``zeroi2v.explain``), the model's facts and where the time went.
 
-Safety: binds 127.0.0.1 unless told otherwise; one analysis at a time (queue with a concurrency
-limit, a small queue); uploads are capped in size (``max_file_size``) and videos in length (frames
-and seconds) and resolution; the only server files it reads are what the user uploaded and the
-example videos (picked by name from a list, never by path; ``allowed_paths`` holds only them).
-Every failure shows a one-line reason in the status box, never a stack trace.
+Safety: binds 127.0.0.1 unless told otherwise; a small queue with two workers, one model pass at a
+time, and at most one large decode, so short clips never wait behind a large upload (DemoBackend);
+uploads are checked against ``zeroi2v.data.untrusted.UPLOAD_LIMITS`` (size, length, resolution,
+decoded bytes, decode work) and decoded straight to the model's resolution within a time budget;
+the only server files it reads are what the user uploaded and the example videos (picked by name
+from a list, never by path; ``allowed_paths`` holds only them); uploads are deleted once refused or
+replaced, and a while after their last analysis. Every failure shows a one-line reason in the
+status box, never a stack trace.
 
 The upload is a ``gr.File``, not a ``gr.Video``: ``gr.Video`` converts non-browser formats with a
 system ffmpeg before our code runs and fails in its own way on corrupt input, while ``gr.File``
@@ -23,7 +26,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -35,23 +37,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from zeroi2v.data.untrusted import UPLOAD_LIMITS, RefusedInput, clean_reason, open_untrusted  # noqa: E402
+from zeroi2v.data.untrusted import sniff_container  # noqa: E402,F401  (re-exported: the tests import it here)
+
 log = logging.getLogger("zeroi2v.app")
 
 DEFAULT_CHECKPOINT = Path("runs/quickstart/merged")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
 TOP1 = "Top-1 prediction"
-DEFAULT_LIMITS = {
-    "max_file_size": 50 * 1024 * 1024,  # bytes
-    "max_frames": 9000,                 # frames in the video
-    "max_seconds": 300.0,               # video duration
-    "max_side": 4096,                   # pixels, longer side of a frame
-    "min_frames": 2,                    # a still image is not a clip
-    "max_clips": 5,                     # test views per request
-}
+DEFAULT_LIMITS = UPLOAD_LIMITS  # the upload limits (zeroi2v.data.untrusted); keywords of DemoBackend
+InputError = RefusedInput  # a problem with the user's video, worded for the page
 
 
-class InputError(ValueError):
-    """A problem with the user's video, worded for the page."""
+class Busy(InputError):
+    """The server cannot take this request now; the same upload may be tried again."""
 
 
 def resolve_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path:
@@ -97,14 +96,6 @@ def find_examples(checkpoint_dir: Path, config: dict[str, Any]) -> dict[str, Pat
     return out
 
 
-def _human(nbytes: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.1f} GB"
-
-
 def _fmt_int(n: Any) -> str:
     try:
         return f"{int(n):,}"
@@ -147,7 +138,14 @@ def facts_markdown(model, config: dict[str, Any]) -> str:
 
 
 class DemoBackend:
-    """Everything the page does, without the page: load once, validate, analyse (tests call it too)."""
+    """Everything the page does, without the page: load once, validate, analyse (tests call it too).
+
+    Fairness: decoding runs outside the model lock, so requests decode side by side and only the
+    model pass (inference + Grad-CAM) is one at a time. A request whose decode work (frames the
+    decoder must run through x their pixels) exceeds ``small_work`` is *large*: one large request
+    at a time, a second is refused at once ("try again"), so small clips never queue behind one.
+    Every decode has a time budget (``max_decode_seconds``) that ends in a readable error.
+    """
 
     def __init__(self, checkpoint_dir: str | os.PathLike, warmup: bool = True, **limits: Any):
         from zeroi2v.merge import load_merged, read_merged_config
@@ -164,7 +162,8 @@ class DemoBackend:
         self.class_names += [f"class {i}" for i in range(len(self.class_names), n)]
         self.examples = find_examples(self.checkpoint_dir, self.config)
         self.facts = facts_markdown(self.model, self.config)
-        self._lock = threading.Lock()  # the CAM hooks the model: one analysis at a time
+        self._lock = threading.Lock()  # the CAM hooks the model: one model pass at a time
+        self._large = threading.Lock()  # one large decode at a time
         if warmup:  # first-call costs (lazy imports, allocator) at start-up, not in the first request
             self.warmup()
 
@@ -178,46 +177,17 @@ class DemoBackend:
             explain_video(self.model, TensorSource(frames), num_clips=1)
 
     # ------------------------------------------------------------------ validation
-    def open_checked(self, path: str | os.PathLike):
-        from zeroi2v.data.decode import VideoDecodeError, open_video
-        lim = self.limits
-        name = _display_name(path)
-        size = os.path.getsize(path)
-        if size == 0:
-            raise InputError(f"`{name}` is empty (0 bytes).")
-        if size > lim["max_file_size"]:
-            raise InputError(f"`{name}` is {_human(size)}; the limit is {_human(lim['max_file_size'])}.")
-        kind = sniff_container(path)
-        if kind is None:
-            raise InputError(f"`{name}` is not a video file: it does not start like MP4/MOV, WebM/MKV, AVI, "
-                             f"MPEG, OGG, FLV, WMV or GIF data.")
-        try:
-            source = open_video(path)
-        except VideoDecodeError as e:
-            raise InputError(f"`{name}` looks like {kind} but cannot be read as a video "
-                             f"({_short_cause(e, path)}).") from None
-        n, fps = int(source.num_frames), float(source.fps or 0.0)
-        if n < lim["min_frames"]:
-            raise InputError(f"`{name}` has {n} frame{'s' if n != 1 else ''}; a clip needs at least "
-                             f"{lim['min_frames']} (a still image cannot show motion).")
-        if n > lim["max_frames"]:
-            raise InputError(f"`{name}` has {n:,} frames; the limit is {lim['max_frames']:,}. Trim it first.")
-        if fps > 0 and n / fps > lim["max_seconds"]:
-            raise InputError(f"`{name}` lasts {n / fps:.0f} s; the limit is {lim['max_seconds']:.0f} s. Trim it first.")
-        try:
-            h, w = _source_hw(source)
-        except VideoDecodeError as e:
-            raise InputError(f"`{name}` could not be decoded ({_short_cause(e, path)}).") from None
-        if max(h, w) > lim["max_side"]:
-            raise InputError(f"`{name}` is {w}x{h} pixels; the limit is {lim['max_side']} px a side.")
-        return source
+    def open_checked(self, path: str | os.PathLike, clips: int = 1):
+        """Open an upload for ``clips`` views, or raise InputError. Returns (source, decode work in pixels)."""
+        return open_untrusted(path, self.model.image_size, self.model.num_frames, clips, self.limits,
+                              name=_display_name(path))
 
     # ------------------------------------------------------------------ analysis
     def analyse(self, path: str | os.PathLike, target: str | int | None = None, block: int | None = None,
                 clips: int = 1) -> dict[str, Any]:
         """Validate and analyse one video. Raises InputError with a readable reason for bad input."""
-        from zeroi2v.data.decode import VideoDecodeError
-        from zeroi2v.explain import explain_video
+        from zeroi2v.data.decode import DecodeTimeout, VideoDecodeError
+        from zeroi2v.explain import explain_views, sample_views
         target_idx = self._target_index(target)
         nblocks = len(self.model.blocks)
         block = nblocks - 1 if block is None else int(block)
@@ -226,16 +196,29 @@ class DemoBackend:
         clips = int(clips or 1)
         if not 1 <= clips <= self.limits["max_clips"]:
             raise InputError(f"number of test views must be between 1 and {self.limits['max_clips']}.")
+        start, name, budget = time.perf_counter(), _display_name(path), self.limits["max_decode_seconds"]
+        deadline = time.monotonic() + budget
+        source, work = self.open_checked(path, clips)
+        large = work > self.limits["small_work"]
+        if large and not self._large.acquire(blocking=False):
+            raise Busy(f"`{name}` is a large video and another large video is being analysed; try again in a "
+                       f"minute (large videos go one at a time so that short clips never wait behind them).")
+        try:
+            views, indices = sample_views(self.model, source, num_clips=clips, deadline=deadline)
+        except DecodeTimeout:
+            raise InputError(f"`{name}` took more than {budget:.0f} s to decode (the limit per request). "
+                             f"Trim it or lower its resolution.") from None
+        except VideoDecodeError as e:
+            raise InputError(f"`{name}` could not be decoded ({clean_reason(e, path)}).") from None
+        finally:
+            if large:
+                self._large.release()
+        decode = time.perf_counter() - start  # checks + open + decode + transform
         with self._lock:
-            start = time.perf_counter()
-            source = self.open_checked(path)
-            opened = time.perf_counter() - start  # checks + container open + first frame: part of "decode"
-            try:
-                result = explain_video(self.model, source, num_clips=clips, target_class=target_idx, block=block)
-            except VideoDecodeError as e:
-                raise InputError(f"`{_display_name(path)}` could not be decoded ({_short_cause(e, path)}).") from None
-        result["timings"]["decode"] += opened
-        result["timings"]["total"] += opened
+            result = explain_views(self.model, views, target_class=target_idx, block=block)
+        result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
+        result.update(indices=indices, video={"num_frames": int(source.num_frames), "fps": float(source.fps),
+                                              "path": str(source.path)})
         return result
 
     def _target_index(self, target: str | int | None) -> int | None:
@@ -257,61 +240,57 @@ def _display_name(path: str | os.PathLike) -> str:
     return Path(path).name.replace("`", "'")[:120]
 
 
-def _source_hw(source) -> tuple[int, int]:
-    frame = source.get([0])
-    return int(frame.shape[-2]), int(frame.shape[-1])
-
-
-def sniff_container(path: str | os.PathLike) -> str | None:
-    """The container a file's first bytes announce, or None when it is not a known video container.
-
-    Checked before the decoder sees the file: ffmpeg (inside decord) would otherwise read text files
-    as "tty" video and follow playlists (HLS/concat) that name other files on the server.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
-        return "MP4/MOV"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "WebM/MKV"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "AVI"
-    if head.startswith(b"OggS"):
-        return "OGG"
-    if head.startswith(b"FLV"):
-        return "FLV"
-    if head.startswith(b"\x00\x00\x01\xba") or head.startswith(b"\x00\x00\x01\xb3"):
-        return "MPEG"
-    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
-        return "MPEG-TS"
-    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
-        return "WMV/ASF"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF"
-    return None
-
-
-def _short_cause(e: Exception, path: str | os.PathLike | None = None) -> str:
-    cause = getattr(e, "cause", e)
-    text = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(cause)
-    text = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    # decord's messages carry the temp upload path and C++ frames: no server paths in the page
-    if path is not None:
-        text = text.replace(str(path), Path(path).name)
-    text = text.split(" at /")[0]
-    text = re.sub(r"(/[^\s/]+)+/([^\s/]+)", r"\2", text)
-    if len(text) > 160:
-        text = text[:157] + "..."
-    return text
-
-
 def _status(kind: str, text: str) -> str:
     prefix = {"ok": "**Result:**", "error": "**Error:**", "info": ""}[kind]
     return f"{prefix} {text}".strip()
 
 
-def build_app(checkpoint_dir: str | os.PathLike, **limits: Any):
-    """The demo page for a merged checkpoint directory, queued (one analysis at a time)."""
+def _upload_path(upload: Any) -> str | None:
+    if not upload:
+        return None
+    return upload if isinstance(upload, str) else getattr(upload, "name", None) or getattr(upload, "path", None)
+
+
+def _remove_upload(path: str | None) -> None:
+    """Delete an uploaded file (and its folder, when empty) from Gradio's upload folder; nothing outside it."""
+    from gradio.utils import get_upload_folder
+    if not path:
+        return
+    p, root = Path(path).resolve(), Path(get_upload_folder()).resolve()
+    if root not in p.parents:
+        return
+    p.unlink(missing_ok=True)
+    if p.parent != root:
+        try:
+            p.parent.rmdir()
+        except OSError:  # not empty, or gone already
+            pass
+
+
+def _served(image: np.ndarray | None, tag: str):
+    """A result image for the page, tagged with its request in the PNG's text.
+
+    Gradio names a cached result image by a hash of its bytes and rewrites an existing file of that
+    name in place, so identical results of concurrent requests cut off each other's downloads
+    ("peer closed connection"). The tag gives each request its own bytes, hence its own file.
+    """
+    if image is None:
+        return None
+    from PIL import Image
+    picture = Image.fromarray(image)
+    picture.info["zeroi2v-request"] = tag
+    return picture
+
+
+def build_app(checkpoint_dir: str | os.PathLike, keep_uploads: float = 900.0, **limits: Any):
+    """The demo page for a merged checkpoint directory, queued (two analyses at a time: see DemoBackend).
+
+    Uploads are deleted from Gradio's upload folder once refused, once replaced by another upload or
+    example, and ``keep_uploads`` seconds after their last analysis (until then the same upload can be
+    explained again for another class or block).
+    """
+    import uuid
+
     import gradio as gr
 
     backend = DemoBackend(resolve_checkpoint(checkpoint_dir), **limits)
@@ -319,24 +298,31 @@ def build_app(checkpoint_dir: str | os.PathLike, **limits: Any):
     nblocks = len(model.blocks)
     example_names = list(backend.examples)
 
-    def run(upload, example, target, block, clips):
+    def forget(kept: str | None, now: str | None) -> str | None:
+        if kept and kept != now:
+            _remove_upload(kept)
+        return now
+
+    def run(upload, example, target, block, clips, kept):
         empty = (None,) * 5
-        path = None
-        if upload:
-            path = upload if isinstance(upload, str) else getattr(upload, "name", None) or getattr(upload, "path", None)
-        elif example:
+        path = uploaded = _upload_path(upload)
+        if path is None and example:
             if example not in backend.examples:  # a name, never a path: nothing else is readable
-                return (_status("error", f"unknown example {example!r}."), *empty, "")
+                return (_status("error", f"unknown example {example!r}."), *empty, "", forget(kept, None))
             path = str(backend.examples[example])
         if not path:
-            return (_status("info", "Upload a video or pick an example."), *empty, "")
+            return (_status("info", "Upload a video or pick an example."), *empty, "", forget(kept, None))
         try:
             r = backend.analyse(path, target=target, block=int(block), clips=int(clips))
-        except InputError as e:
-            return (_status("error", str(e)), *empty, "")
+        except Busy as e:  # the same upload may be tried again
+            return (_status("error", str(e)), *empty, "", forget(kept, uploaded))
+        except InputError as e:  # a refused upload is of no further use
+            _remove_upload(uploaded)
+            return (_status("error", str(e)), *empty, "", forget(kept, None))
         except Exception as e:  # never a stack trace in the page; the server log keeps it
             log.exception("analysis failed")
-            return (_status("error", f"analysis failed ({html.escape(_short_cause(e, path))})."), *empty, "")
+            return (_status("error", f"analysis failed ({html.escape(clean_reason(e, path))})."), *empty, "",
+                    forget(kept, uploaded))
         top = {backend.class_names[i]: float(p) for i, p in enumerate(r["probs"])}
         msg = [f"`{_display_name(path)}`: explaining **{backend.class_names[r['target_class']]}** (p = {r['probability']:.2f}) "
                f"in block {r['block']}; {int(clips)} test view{'s' if int(clips) > 1 else ''}, "
@@ -345,10 +331,12 @@ def build_app(checkpoint_dir: str | os.PathLike, **limits: Any):
         t = r["timings"]
         timing = (f"**Time**: decode {t['decode'] * 1e3:.0f} ms · inference {t['inference'] * 1e3:.0f} ms · "
                   f"Grad-CAM {t['cam'] * 1e3:.0f} ms · total {t['total'] * 1e3:.0f} ms")
-        s = r["strips"]
-        return (_status("ok", " ".join(msg)), top, s["frames"], s["spatial"], s["temporal"], s["all"], timing)
+        tag = uuid.uuid4().hex
+        images = [_served(r["strips"][g], tag) for g in ("frames", "spatial", "temporal", "all")]
+        return (_status("ok", " ".join(msg)), top, *images, timing, forget(kept, uploaded))
 
-    with gr.Blocks(title="ZeroI2V demo") as demo:
+    # delete_cache: Gradio's own sweep, every 10 min, of its files (uploads, results) older than 1 h
+    with gr.Blocks(title="ZeroI2V demo", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# ZeroI2V: what do the spatial and temporal heads look at?\n"
                     "An image transformer adapted to video at zero extra cost. Upload a short video; the page "
                     "shows the top-5 classes and Grad-CAM maps of the **spatial** heads (Δt = 0, each frame "
@@ -377,23 +365,26 @@ def build_app(checkpoint_dir: str | os.PathLike, **limits: Any):
                         for g, label in (("spatial", "Spatial heads"), ("temporal", "Temporal heads"),
                                          ("all", "All heads"))]
                 timing = gr.Markdown("", elem_id="timing")
-        inputs = [upload, example, target, block, clips]
-        outputs = [status, top5, frames, *cams, timing]
+        kept = gr.State(None, time_to_live=keep_uploads, delete_callback=_remove_upload)
+        inputs = [upload, example, target, block, clips, kept]
+        outputs = [status, top5, frames, *cams, timing, kept]
         # A new upload replaces the example choice and vice versa, and explains its own top-1 again;
-        # either starts an analysis.
-        upload.upload(lambda: (None, TOP1), None, [example, target], queue=False).then(
-            run, inputs, outputs, concurrency_limit=1)
-        example.input(lambda: (None, TOP1), None, [upload, target], queue=False).then(
-            run, inputs, outputs, concurrency_limit=1)
-        button.click(run, inputs, outputs, concurrency_limit=1)
-    demo.queue(default_concurrency_limit=1, max_size=16)
+        # either starts an analysis. All three share one queue of two workers (see DemoBackend).
+        queued = dict(concurrency_limit=2, concurrency_id="analysis")
+        upload.upload(lambda: (None, TOP1), None, [example, target], queue=False, api_visibility="private").then(
+            run, inputs, outputs, api_visibility="private", **queued)
+        example.input(lambda: (None, TOP1), None, [upload, target], queue=False, api_visibility="private").then(
+            run, inputs, outputs, api_visibility="private", **queued)
+        button.click(run, inputs, outputs, api_name="analyse", **queued)
+    demo.queue(default_concurrency_limit=2, max_size=32)  # 20 users at once are not turned away
     demo.zeroi2v_backend = backend
     return demo
 
 
 def launch(checkpoint_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 7860,
            threads: int | None = None, **kw: Any):
-    """Build and serve the demo. Extra keywords: the limits of ``DEFAULT_LIMITS`` and ``gr.Blocks.launch``'s.
+    """Build and serve the demo. Extra keywords: the limits of ``DEFAULT_LIMITS``, ``build_app``'s
+    ``keep_uploads`` and ``gr.Blocks.launch``'s.
 
     ``threads`` sets torch's intra-op threads for this process (None: leave as is). Small models on a
     busy machine run far faster with 1 (measured 10-60x on 2 shared cores). Returns the running
@@ -402,7 +393,7 @@ def launch(checkpoint_dir: str | os.PathLike | None = None, host: str = "127.0.0
     if threads is not None:
         import torch
         torch.set_num_threads(int(threads))
-    limits = {k: kw.pop(k) for k in list(kw) if k in DEFAULT_LIMITS or k == "warmup"}
+    limits = {k: kw.pop(k) for k in list(kw) if k in DEFAULT_LIMITS or k in ("warmup", "keep_uploads")}
     demo = build_app(checkpoint_dir, **limits)
     backend = demo.zeroi2v_backend
     kw.setdefault("max_file_size", backend.limits["max_file_size"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,136 @@ def test_model_card_and_page_config_name_a_local_backbone_not_its_path(tmp_path)
         assert "image_model (local folder)" in facts and "secret-place" not in facts, facts
     page = json.dumps(build_app(ckpt, warmup=False).get_config_file())
     assert "image_model (local folder)" in page and "secret-place" not in page and str(tmp_path) not in page
+
+
+# ------------------------------------------------------------------ hostile uploads (issue 9)
+@pytest.fixture(scope="module")
+def hostile(files) -> dict[str, Path]:
+    """Uploads that cost more than their size: large frames, elongated frames, a GIF."""
+    from PIL import Image
+    up = files["good"].parent
+    out = {"big": up / "big.mp4", "thin": up / "thin.mp4", "gif": up / "anim.gif"}
+    write_video(out["big"], _moving_square(40, 128, 128), crf=30)
+    write_video(out["thin"], _moving_square(10, 16, 256, step=4), crf=30)
+    images = [Image.fromarray(f) for f in _moving_square(12, 40, 60)]
+    images[0].save(out["gif"], save_all=True, append_images=images[1:], duration=80, loop=0)
+    return out
+
+
+def test_upload_is_decoded_at_the_model_size(backend, hostile):
+    """D2: frames come out of the decoder at the model's 32 px, never at the upload's 128 px."""
+    source, work = backend.open_checked(hostile["big"], clips=2)
+    assert source.stored_size == (128, 128) and source.get([0, 39]).shape == (2, 3, 32, 32)
+    assert work >= 16 * 128 * 128  # at least the 16 sampled frames, at their stored size
+    assert backend.analyse(hostile["big"], clips=2)["frames"].shape == (8, 32, 32, 3)
+
+
+def test_limits_bound_frame_area_decoded_bytes_and_decode_work(files, hostile):
+    """D2: the long side alone lets a thin video blow up when its short side is scaled to the model's."""
+    ckpt = files["ckpt"]
+    with pytest.raises(InputError, match=r"`thin.mp4` is 256x16 pixels: scaled to the model's 32-pixel short side "
+                                         r"a frame would be 512x32 = 16,384 pixels; the limit is 10,000 pixels"):
+        DemoBackend(ckpt, warmup=False, max_frame_pixels=10_000).analyse(hostile["thin"])
+    with pytest.raises(InputError, match=r"`big.mp4`: 5 views need 120.0 KB of decoded frames; the limit is "
+                                         r"100.0 KB. Use fewer views"):
+        DemoBackend(ckpt, warmup=False, max_decoded_bytes=100 * 1024).analyse(hostile["big"], clips=5)
+    with pytest.raises(InputError, match=r"`big.mp4` would need .* pixels decoded for 1 view; the limit is "
+                                         r"100,000 pixels. Trim it"):
+        DemoBackend(ckpt, warmup=False, max_decode_work=100_000).analyse(hostile["big"])
+    with pytest.raises(InputError, match=r"`good.mp4` took more than 0 s to decode \(the limit per request\)"):
+        DemoBackend(ckpt, warmup=False, max_decode_seconds=0).analyse(files["good"])
+
+
+def test_a_large_upload_never_holds_up_a_small_clip(files, hostile):
+    """D3: one large decode at a time, beside small clips; a second large one is refused at once."""
+    from app.app import Busy
+    b = DemoBackend(files["ckpt"], warmup=False, small_work=200_000)
+    assert b.open_checked(files["good"])[1] <= 200_000 < b.open_checked(hostile["big"])[1]
+    b._large.acquire()  # as while a large upload decodes
+    try:
+        assert b.analyse(files["good"])["probs"].shape == (len(CLASSES),)
+        with pytest.raises(Busy, match="`big.mp4` is a large video and another large video is being analysed; "
+                                       "try again in a minute"):
+            b.analyse(hostile["big"])
+    finally:
+        b._large.release()
+    assert b.analyse(hostile["big"])["probs"].shape == (len(CLASSES),)
+
+
+def test_gif_upload_is_analysed(backend, hostile):
+    """D13: a valid animated GIF was sniffed as GIF and then refused by decord."""
+    r = backend.analyse(hostile["gif"], clips=2)
+    assert r["video"]["num_frames"] == 12 and r["frames"].shape == (8, 32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    """The demo served on 127.0.0.1, keeping accepted uploads 2 s after their last analysis."""
+    port = _free_port()
+    demo = launch(files["ckpt"], host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True, keep_uploads=2)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        demo.close()
+
+
+def _call(url: str, upload=None, example=None, client=None):
+    from gradio_client import Client
+    client = client or Client(url, download_files=False, verbose=False)
+    return client.predict(upload, example, "Top-1 prediction", 1, 1, api_name="/analyse")
+
+
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning", "ignore:The copy keyword:Warning")
+def test_concurrent_identical_requests_all_download(server):
+    """D10: Gradio names result images by their bytes and rewrote a shared file in place while another
+    client downloaded it ("peer closed connection"). 20 identical requests: every image downloads whole."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from PIL import Image
+
+    def one(_):
+        r = _call(server, example="square_right.mp4")
+        assert r[0].startswith("**Result:**"), r[0]
+        got = []
+        for image in r[2:6]:
+            response = httpx.get(image["url"], timeout=30)
+            response.raise_for_status()
+            with Image.open(io.BytesIO(response.content)) as picture:
+                picture.load()  # a cut-off PNG raises here
+                got.append((image["path"], picture.size))
+        return got
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    paths = [p for r in results for p, _ in r]
+    assert len(set(paths)) == len(paths) == 80  # no request's image file is shared, so none is rewritten
+    assert len({size for r in results for _, size in r}) == 1  # every strip whole: the same size every time
+
+
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting:Warning", "ignore:The copy keyword:Warning")
+def test_uploads_are_deleted(server, files):
+    """D11: uploads stayed in Gradio's folder forever, refused ones included."""
+    import httpx
+    from gradio_client import Client
+
+    def upload(path: Path) -> dict:
+        (stored,) = httpx.post(server + "/gradio_api/upload", files=[("files", (path.name, path.read_bytes()))]).json()
+        return {"path": stored, "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
+
+    client = Client(server, download_files=False, verbose=False)  # one session
+    refused = upload(files["text"])
+    assert "not a video file" in _call(server, upload=refused, client=client)[0]
+    assert not os.path.exists(refused["path"])  # refused: deleted at once
+    first = upload(files["good"])
+    assert "`good.mp4`: explaining" in _call(server, upload=first, client=client)[0]
+    assert "`good.mp4`: explaining" in _call(server, upload=first, client=client)[0]  # kept: explained again
+    second = upload(files["good2"])
+    assert "`portrait_clip.mp4`: explaining" in _call(server, upload=second, client=client)[0]
+    assert not os.path.exists(first["path"])  # replaced: deleted
+    assert os.path.exists(second["path"])
+    deadline = time.monotonic() + 20
+    while os.path.exists(second["path"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(second["path"])  # keep_uploads seconds after its last analysis: deleted

@@ -246,3 +246,68 @@ train: {{batch_size: 2, total_batch: 2, out_dir: {tmp_path}/run2, progress: fals
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(evil) in err and "refused" in err
     assert not target.exists()
+
+
+# ------------------------------------------------------------------ predict's input rules (issue 9)
+@pytest.fixture(scope="module")
+def merged_micro(tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "merged"
+    torch.manual_seed(0)
+    model = create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=4, offsets="1x1,-1x1").eval()
+    save_merged(merge_adapters(model), out, extra={"class_names": ["left", "right", "colour"]})
+    return out
+
+
+@pytest.mark.parametrize("flag, value", [("--top", "0"), ("--top", "-3"), ("--clips", "0")])
+def test_predict_refuses_counts_below_one(merged_micro, synthetic, flag, value, capsys):
+    """--top 0 printed only the paths and --top -3 crashed."""
+    code = main(["predict", "--checkpoint", str(merged_micro), flag, value,
+                 str(synthetic / "test/move_left/move_left_0000.mp4")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.strip() == f"zeroi2v predict: error: {flag} must be at least 1 " \
+                                   f"({'classes to print' if flag == '--top' else 'views'} per video), got {value}"
+
+
+def test_predict_applies_the_demos_frame_rule_and_reads_gifs(merged_micro, synthetic, tmp_path, capfd):
+    """The demo refused a 1-frame video that predict classified: one rule now, defined once."""
+    import numpy as np
+    from PIL import Image
+
+    from zeroi2v.data.decode import write_video
+
+    one = tmp_path / "one.mp4"
+    write_video(one, np.full((1, 32, 32, 3), 90, np.uint8))
+    gif = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (32, 32), (30 * i, 0, 200)) for i in range(6)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    capfd.readouterr()
+    code = main(["predict", "--checkpoint", str(merged_micro), "--json", str(one), str(gif), str(notes)])
+    captured = capfd.readouterr()
+    out = json.loads(captured.out)
+    assert code == 1
+    assert out[str(one)] == {"error": f"{str(one)!r} has 1 frame; a clip needs at least 2 (a still image cannot "
+                                      f"show motion)"}
+    from zeroi2v.data.decode import MIN_FRAMES, too_few_frames
+    assert MIN_FRAMES == 2 and out[str(one)]["error"].endswith(too_few_frames(1))  # the demo's own words
+    assert len(out[str(gif)]) == 3 and {r["class"] for r in out[str(gif)]} == {"left", "right", "colour"}
+    assert out[str(notes)] == {"error": f"cannot decode video {str(notes)!r}: Invalid data found when processing input"}
+    assert "ERROR opening" not in captured.err  # decord's own log line stays off stderr
+
+
+def test_predict_errors_do_not_quote_decoder_internals(merged_micro, synthetic, monkeypatch, capsys):
+    import decord
+
+    def fail(self, indices):
+        raise decord.base.DECORDError(
+            "[06:44:47] /github/workspace/src/video/ffmpeg/filter_graph.cc:61: Check failed: "
+            "avfilter_graph_create_filter(&buffersrc_ctx_, buffersrc, \"in\", args, NULL, filter_graph_.get()) >= 0 "
+            "(-22 vs. 0) : Cannot create buffer source\n\nStack trace:\n  [bt] (0) libdecord.so(+0x1d1d) [0x7f]")
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", fail)
+    video = str(synthetic / "test/move_left/move_left_0000.mp4")
+    assert main(["predict", "--checkpoint", str(merged_micro), "--json", video]) == 1
+    assert json.loads(capsys.readouterr().out)[video] == {
+        "error": f"cannot decode video {video!r}: Cannot create buffer source"}

@@ -151,29 +151,41 @@ def cmd_merge(a):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-5 classes for video files",
-                       description="Classify video files with a merged checkpoint (views averaged).")
-    p.add_argument("videos", nargs="+", help="video files")
+                       description="Classify video files with a merged checkpoint (views averaged). Frames "
+                                   "are decoded straight to the model's input size; a video needs at least "
+                                   "two frames (the demo's rule too).")
+    p.add_argument("videos", nargs="+", help="video files (or rawframe folders)")
     p.add_argument("--checkpoint", required=True, help="merged checkpoint directory")
-    p.add_argument("--clips", type=int, default=1, help="temporal clips per video (views averaged)")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--clips", type=int, default=1, help="temporal clips per video (views averaged), at least 1")
+    p.add_argument("--top", type=int, default=5, help="classes to print per video, at least 1")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(a):
     import torch
-    from zeroi2v.data.decode import VideoDecodeError, open_video
+    from zeroi2v.data.decode import VideoDecodeError, open_video, too_few_frames
     from zeroi2v.explain import sample_views
     from zeroi2v.merge import load_merged, read_merged_config
+    for flag, value, what in (("--top", a.top, "classes to print per video"), ("--clips", a.clips, "views per video")):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1 ({what}), got {value}")
     model = load_merged(a.checkpoint)
     names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names \
         or [f"class {i}" for i in range(model.head.out_features)]
     out, failed = {}, 0
     for path in a.videos:
+        error = None
         try:
-            views, _ = sample_views(model, open_video(path), num_clips=a.clips)
-        except (VideoDecodeError, FileNotFoundError) as e:
-            out[path] = {"error": str(e)}
+            source = open_video(path, short_side=model.image_size)  # scaled in the decoder, not after
+            if too_few_frames(source.num_frames):
+                error = f"{path!r} {too_few_frames(source.num_frames)}"
+            else:
+                views, _ = sample_views(model, source, num_clips=a.clips)
+        except VideoDecodeError as e:
+            error = str(e)
+        if error:
+            out[path] = {"error": error}
             failed += 1
             continue
         with torch.no_grad():

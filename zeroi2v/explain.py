@@ -354,18 +354,21 @@ def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int,
 
 
 # ------------------------------------------------------------------------------------ whole videos
-def sample_views(model, source, num_clips: int = 1, short_side: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def sample_views(model, source, num_clips: int = 1, short_side: int | None = None,
+                 deadline: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Test views of a decoded video for ``model``: ``num_clips`` uniform clips, centre crop each.
 
-    ``source`` is a ``zeroi2v.data.decode.VideoSource``. The short side is resized to
-    ``short_side`` (default: the model's input size, so the centre crop keeps the whole short side).
+    ``source`` is a ``zeroi2v.data.decode.VideoSource``. The short side is resized to ``short_side``
+    (default: the model's input size, so the centre crop keeps the whole short side); a source opened
+    with ``open_video(path, short_side=...)`` comes out of the decoder at that size already.
+    ``deadline`` (a ``time.monotonic()`` value) stops decoding between frames with ``DecodeTimeout``.
     Returns (views float (num_clips, C, T, H, W), frame indices int64 (num_clips, T)).
     """
     from zeroi2v.data.sampling import UniformSampler
     from zeroi2v.data.transforms import TestTransform
     size = model.image_size
     indices = UniformSampler(model.num_frames, num_clips)(source.num_frames, train=False)
-    frames = source.get(indices.reshape(-1))  # one decode call, (num_clips*T, C, H, W)
+    frames = source.get(indices.reshape(-1), deadline=deadline)  # one decode pass, (num_clips*T, C, H, W)
     transform = TestTransform(size=size, short_side=short_side or size, crops=1,
                               mean=model.cfg.mean, std=model.cfg.std)
     t = model.num_frames
@@ -377,8 +380,9 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
                   display_height: int | None = 96, short_side: int | None = None) -> dict[str, Any]:
     """Classify a video (mean softmax over ``num_clips`` views) and Grad-CAM its middle view.
 
-    ``source`` is a path or a ``VideoSource``. The explained class defaults to the top-1 of the
-    view-averaged prediction. Returns ``gradcam``'s dict plus ``"probs"`` (view-averaged),
+    ``source`` is a path (decoded straight to the model's size) or a ``VideoSource``. The explained
+    class defaults to the top-1 of the view-averaged prediction. Returns ``gradcam``'s dict plus
+    ``"probs"`` (view-averaged),
     ``"view_probability"`` (the explained class on the CAM view), ``"frames"`` (uint8 (T, H, W, 3),
     the CAM view as the model saw it), ``"strips"`` (group -> uint8 image or None, plus
     ``"frames"``), ``"indices"``, ``"video"`` (num_frames, fps, path) and ``"timings"`` in seconds
@@ -388,8 +392,20 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     t0 = time.perf_counter()
     if isinstance(source, (str, Path)):
         from zeroi2v.data.decode import open_video
-        source = open_video(source)
+        source = open_video(source, short_side=short_side or model.image_size)
     views, indices = sample_views(model, source, num_clips=num_clips, short_side=short_side)
+    decode = time.perf_counter() - t0
+    result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height)
+    result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
+    result.update(indices=indices, video={"num_frames": int(source.num_frames), "fps": float(source.fps),
+                                          "path": str(source.path)})
+    return result
+
+
+def explain_views(model, views: torch.Tensor, target_class: int | None = None, block: int = -1,
+                  display_height: int | None = 96) -> dict[str, Any]:
+    """The model part of ``explain_video``, on views from ``sample_views`` (the demo decodes outside
+    its model lock, then calls this under it). ``"timings"``: inference, cam and their total."""
     t1 = time.perf_counter()
     device = next(model.parameters()).device
     was_training = model.training
@@ -410,8 +426,7 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     t3 = time.perf_counter()
     result.update({
         "view_probability": result["probability"], "probability": float(probs[target]), "probs": probs,
-        "frames": frames, "strips": strips, "indices": indices,
-        "video": {"num_frames": int(source.num_frames), "fps": float(source.fps), "path": str(source.path)},
-        "timings": {"decode": t1 - t0, "inference": t2 - t1, "cam": t3 - t2, "total": t3 - t0},
+        "frames": frames, "strips": strips,
+        "timings": {"inference": t2 - t1, "cam": t3 - t2, "total": t3 - t1},
     })
     return result
