@@ -187,7 +187,8 @@ class DemoBackend:
                 clips: int = 1) -> dict[str, Any]:
         """Validate and analyse one video. Raises InputError with a readable reason for bad input."""
         from zeroi2v.data.decode import DecodeTimeout, VideoDecodeError
-        from zeroi2v.explain import explain_views, sample_views
+        from zeroi2v.data.views import model_views
+        from zeroi2v.explain import explain_views
         target_idx = self._target_index(target)
         nblocks = len(self.model.blocks)
         block = nblocks - 1 if block is None else int(block)
@@ -204,7 +205,7 @@ class DemoBackend:
             raise Busy(f"`{name}` is a large video and another large video is being analysed; try again in a "
                        f"minute (large videos go one at a time so that short clips never wait behind them).")
         try:
-            views, indices = sample_views(self.model, source, num_clips=clips, deadline=deadline)
+            views, indices = model_views(self.model, source, clips=clips, deadline=deadline)
         except DecodeTimeout:
             raise InputError(f"`{name}` took more than {budget:.0f} s to decode (the limit per request). "
                              f"Trim it or lower its resolution.") from None

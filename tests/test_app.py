@@ -266,7 +266,7 @@ def test_model_card_and_page_config_name_a_local_backbone_not_its_path(tmp_path)
         (ckpt / "config.json").write_text(json.dumps(config))
         facts = facts_markdown(load_merged(ckpt), config)
         assert "image_model (local folder)" in facts and "secret-place" not in facts, facts
-    page = json.dumps(build_app(ckpt, warmup=False).get_config_file())
+    page = json.dumps(build_app(ckpt, warmup=False).get_config_file(), default=repr)  # callbacks: by name
     assert "image_model (local folder)" in page and "secret-place" not in page and str(tmp_path) not in page
 
 

@@ -165,7 +165,7 @@ def _add_predict(sub):
 def cmd_predict(a):
     import torch
     from zeroi2v.data.decode import VideoDecodeError, open_video, too_few_frames
-    from zeroi2v.explain import sample_views
+    from zeroi2v.data.views import model_views
     from zeroi2v.merge import load_merged, read_merged_config
     for flag, value, what in (("--top", a.top, "classes to print per video"), ("--clips", a.clips, "views per video")):
         if value < 1:
@@ -181,7 +181,7 @@ def cmd_predict(a):
             if too_few_frames(source.num_frames):
                 error = f"{path!r} {too_few_frames(source.num_frames)}"
             else:
-                views, _ = sample_views(model, source, num_clips=a.clips)
+                views, _ = model_views(model, source, clips=a.clips)
         except VideoDecodeError as e:
             error = str(e)
         if error:

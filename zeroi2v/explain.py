@@ -354,28 +354,6 @@ def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int,
 
 
 # ------------------------------------------------------------------------------------ whole videos
-def sample_views(model, source, num_clips: int = 1, short_side: int | None = None,
-                 deadline: float | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Test views of a decoded video for ``model``: ``num_clips`` uniform clips, centre crop each.
-
-    ``source`` is a ``zeroi2v.data.decode.VideoSource``. The short side is resized to ``short_side``
-    (default: the model's input size, so the centre crop keeps the whole short side); a source opened
-    with ``open_video(path, short_side=...)`` comes out of the decoder at that size already.
-    ``deadline`` (a ``time.monotonic()`` value) stops decoding between frames with ``DecodeTimeout``.
-    Returns (views float (num_clips, C, T, H, W), frame indices int64 (num_clips, T)).
-    """
-    from zeroi2v.data.sampling import UniformSampler
-    from zeroi2v.data.transforms import TestTransform
-    size = model.image_size
-    indices = UniformSampler(model.num_frames, num_clips)(source.num_frames, train=False)
-    frames = source.get(indices.reshape(-1), deadline=deadline)  # one decode pass, (num_clips*T, C, H, W)
-    transform = TestTransform(size=size, short_side=short_side or size, crops=1,
-                              mean=model.cfg.mean, std=model.cfg.std)
-    t = model.num_frames
-    views = torch.cat([transform(frames[i * t:(i + 1) * t]) for i in range(num_clips)])
-    return views, indices
-
-
 def explain_video(model, source, num_clips: int = 1, target_class: int | None = None, block: int = -1,
                   display_height: int | None = 96, short_side: int | None = None) -> dict[str, Any]:
     """Classify a video (mean softmax over ``num_clips`` views) and Grad-CAM its middle view.
@@ -393,7 +371,8 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     if isinstance(source, (str, Path)):
         from zeroi2v.data.decode import open_video
         source = open_video(source, short_side=short_side or model.image_size)
-    views, indices = sample_views(model, source, num_clips=num_clips, short_side=short_side)
+    from zeroi2v.data.views import model_views
+    views, indices = model_views(model, source, clips=num_clips, short_side=short_side)
     decode = time.perf_counter() - t0
     result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height)
     result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
@@ -404,7 +383,7 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
 
 def explain_views(model, views: torch.Tensor, target_class: int | None = None, block: int = -1,
                   display_height: int | None = 96) -> dict[str, Any]:
-    """The model part of ``explain_video``, on views from ``sample_views`` (the demo decodes outside
+    """The model part of ``explain_video``, on views from ``zeroi2v.data.views.model_views`` (the demo decodes outside
     its model lock, then calls this under it). ``"timings"``: inference, cam and their total."""
     t1 = time.perf_counter()
     device = next(model.parameters()).device

@@ -27,7 +27,7 @@ import torch
 from zeroi2v.config import Config, DataConfig, OptimConfig, TestConfig, TrainConfig
 from zeroi2v.data.dataset import VideoDataset
 from zeroi2v.data.formats import read_annotation
-from zeroi2v.data.sampling import UniformSampler
+from zeroi2v.data.views import make_sampler
 from zeroi2v.data.synthetic import flip_label_map, make_synthetic_images, make_synthetic_videos
 from zeroi2v.data.transforms import TestTransform, TrainTransform
 from zeroi2v.model import ModelConfig
@@ -211,11 +211,11 @@ def _datasets(video_dir: Path, classes: list[str], s: QuickstartSettings, seed: 
     Augmentation is a flip only (its label map swaps left and right movers): the order classes are
     about where the object is, so crops would blur the very cue they need."""
     train = VideoDataset(read_annotation("mmaction", video_dir / "train.txt"), video_dir, classes=classes,
-                         sampler=UniformSampler(s.num_frames), train=True, seed=seed, cache_decoded=True,
+                         sampler=make_sampler("uniform", s.num_frames), train=True, seed=seed, cache_decoded=True,
                          transform=TrainTransform(size=s.size, short_side=None, randaugment=None, flip=0.5,
                                                   flip_label_map=flip_label_map(classes), crop_scale=(1.0, 1.0)))
     test = VideoDataset(read_annotation("mmaction", video_dir / "test.txt"), video_dir, classes=classes,
-                        sampler=UniformSampler(s.num_frames, num_clips=s.test_clips), train=False, seed=seed,
+                        sampler=make_sampler("uniform", s.num_frames, clips=s.test_clips), train=False, seed=seed,
                         cache_decoded=True, transform=TestTransform(size=s.size, short_side=s.size, crops=1))
     for ds in (train, test):  # decode every video once, up front
         for i in range(len(ds)):

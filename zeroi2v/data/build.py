@@ -12,7 +12,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from zeroi2v.data.dataset import VideoDataset
 from zeroi2v.data.formats import read_annotation
-from zeroi2v.data.sampling import DenseSampler, UniformSampler
+from zeroi2v.data.views import make_sampler
 from zeroi2v.data.transforms import SSV2_FLIP_LABEL_MAP, TestTransform, TrainTransform
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def build_datasets(cfg: Config, image_size: int, splits: Sequence[str] = ("train
         raise ValueError(f"data.format must be one of {list(_ANNOTATION_ARG)}, got {d.format!r}")
 
     def sampler(clips: int):
-        return DenseSampler(frames, d.interval, clips) if d.sampler == "dense" else UniformSampler(frames, clips)
+        return make_sampler(d.sampler, frames, d.interval, clips)
 
     def annotation(path: str, subset: str, classes: list[str] | None):
         kwargs = {_ANNOTATION_ARG[d.format]: path, **d.format_args}

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from zeroi2v.data.decode import DEFAULT_FRAME_TEMPLATE, TensorSource, VideoDecodeError, VideoSource, open_video
 from zeroi2v.data.formats import Annotation, Sample
+from zeroi2v.data.views import decode_clips, transform_clips
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +141,14 @@ class VideoDataset(Dataset):
                 # Another sample, drawn from this item's stream: deterministic, never the same one.
                 source_index = int((source_index + rng.integers(1, len(self.samples))) % len(self.samples))
         sample = self.samples[source_index]
-        if self.train:
-            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            video, label = self.transform(clip[0], sample.label, generator=generator)
-        else:
-            video, label = torch.cat([self.transform(c) for c in clip]), sample.label
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
+        video, label = transform_clips(clip, self.transform, self.train, sample.label, generator)
         return {"video": video, "label": label, "index": index, "source_index": source_index,
                 "decode_failures": failures}
 
-    def _load(self, i: int, rng: np.random.Generator) -> list[torch.Tensor]:
-        """Decode the sampler's clips of sample i: a list of uint8 (T, C, H, W), one per clip."""
-        source = self._cache.get(i) or self._open(i)
-        indices = self.sampler(source.num_frames, self.train, rng)
-        frames = source.get(indices.reshape(-1))
-        return list(frames.view(*indices.shape, *frames.shape[1:]))
+    def _load(self, i: int, rng: np.random.Generator) -> torch.Tensor:
+        """Decode the sampler's clips of sample i: uint8 (clips, T, C, H, W)."""
+        return decode_clips(self._cache.get(i) or self._open(i), self.sampler, self.train, rng)[0]
 
     def _open(self, i: int) -> VideoSource:
         sample = self.samples[i]

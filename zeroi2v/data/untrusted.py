@@ -160,7 +160,7 @@ def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, cl
     runs through x stored width x height).
     """
     from zeroi2v.data.decode import VideoDecodeError, decode_size, open_video, probe_video
-    from zeroi2v.data.sampling import UniformSampler
+    from zeroi2v.data.views import make_sampler
     lim, name = limits, name or Path(path).name
     if not os.path.isfile(path):
         raise RefusedInput(f"`{name}` is no longer on the server (uploads are deleted after a while); upload it again.")
@@ -198,7 +198,7 @@ def open_untrusted(path: str | os.PathLike, short_side: int, num_frames: int, cl
     if decoded > lim["max_decoded_bytes"]:
         raise RefusedInput(f"`{name}`: {views} need {_human(decoded)} of decoded frames; the limit is "
                            f"{_human(lim['max_decoded_bytes'])}. Use fewer views.")
-    work = source.frames_to_decode(UniformSampler(num_frames, clips)(n, train=False)) * h * w
+    work = source.frames_to_decode(make_sampler("uniform", num_frames, clips=clips)(n, train=False)) * h * w
     if work > lim["max_decode_work"]:
         raise RefusedInput(f"`{name}` would need {_pixels(work)} decoded for {views}; the limit is "
                            f"{_pixels(lim['max_decode_work'])}. Trim it, lower its resolution, or use fewer views.")
