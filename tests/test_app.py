@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -12,11 +11,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # app/ is not an installed package
-    sys.path.insert(0, str(ROOT))
 
-from app.app import DemoBackend, InputError, find_examples, launch, resolve_checkpoint, sniff_container  # noqa: E402
 from zeroi2v.data.decode import write_video  # noqa: E402
+from zeroi2v.demo import DemoBackend, InputError, find_examples, launch, resolve_checkpoint, sniff_container  # noqa: E402
 from zeroi2v.merge import merge_adapters, save_merged  # noqa: E402
 from zeroi2v.model import create_model  # noqa: E402
 
@@ -251,7 +248,7 @@ def test_model_card_and_page_config_name_a_local_backbone_not_its_path(tmp_path)
     folder's path in model.backbone): neither the facts nor Gradio's /config data show that path."""
     import json
 
-    from app.app import build_app, facts_markdown
+    from zeroi2v.demo import build_app, facts_markdown
     from zeroi2v.backbones import create_visual, save_local_dir
     from zeroi2v.merge import load_merged
 
@@ -310,7 +307,7 @@ def test_limits_bound_frame_area_decoded_bytes_and_decode_work(files, hostile):
 
 def test_a_large_upload_never_holds_up_a_small_clip(files, hostile):
     """D3: one large decode at a time, beside small clips; a second large one is refused at once."""
-    from app.app import Busy
+    from zeroi2v.demo import Busy
     b = DemoBackend(files["ckpt"], warmup=False, small_work=200_000)
     assert b.open_checked(files["good"])[1] <= 200_000 < b.open_checked(hostile["big"])[1]
     b._large.acquire()  # as while a large upload decodes

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zeroi2v.cli import build_parser, main
+from zeroi2v.cli import main
 from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import create_model
 
@@ -311,3 +311,17 @@ def test_predict_errors_do_not_quote_decoder_internals(merged_micro, synthetic, 
     assert main(["predict", "--checkpoint", str(merged_micro), "--json", video]) == 1
     assert json.loads(capsys.readouterr().out)[video] == {
         "error": f"cannot decode video {video!r}: Cannot create buffer source"}
+
+
+def test_predict_does_not_load_the_explanation_or_training_modules(tmp_path):
+    """One input path (zeroi2v.data.views): predicting needs neither Grad-CAM nor the training loop."""
+    from zeroi2v.data.decode import write_video
+    import numpy as np
+    video = tmp_path / "clip.mp4"
+    write_video(video, np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8))
+    fixture = Path(__file__).parent / "fixtures" / "merged_v1"
+    code = ("import sys; from zeroi2v.cli import main; "
+            f"rc = main(['predict', '--checkpoint', {str(fixture)!r}, {str(video)!r}]); "
+            "print(rc, sorted(m for m in ('zeroi2v.explain', 'zeroi2v.train', 'pytorch_grad_cam') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr

@@ -4,7 +4,6 @@ checkpoints keep loading."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -176,8 +175,8 @@ def test_old_flat_keys_load_with_a_one_line_notice(tmp_path, capsys):
     new.write_text("model:\n  backbone: zeroi2v-micro\n  num_frames: 4\n"
                    "  temporal: {kind: stdha, offsets: '1x1,-1x1', boundary: zero}\n"
                    "  adapter: {kind: linear, placement: '6', ratio: 0.25, scale: 0.5, dropout: 0.0}\n")
-    import zeroi2v.config as config
-    config._noticed.clear()
+    import zeroi2v.model_config as model_config
+    model_config._noticed.clear()
     old_cfg = load_config(path)
     notice = capsys.readouterr().err.strip().splitlines()
     assert len(notice) == 1 and "offsets" in notice[0] and "model.temporal" in notice[0]

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
+from zeroi2v.config import Config, ModelConfig
 from zeroi2v.model import ZeroI2V
 
 _aten = torch.ops.aten

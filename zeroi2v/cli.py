@@ -263,8 +263,7 @@ def _add_demo(sub):
 
 
 def cmd_demo(a):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from app.app import launch
+    from zeroi2v.demo import launch
     launch(a.checkpoint, host=a.host, port=a.port)
 
 

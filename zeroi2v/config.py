@@ -1,6 +1,6 @@
 """A training run's configuration as plain data: five dataclasses read from one YAML file.
 
-    model:  ModelConfig                 what network (backbone, temporal operator, adapters, what trains)
+    model:  ModelConfig (model_config)  what network (backbone, temporal operator, adapters, what trains)
     data:   DataConfig                  where clips come from and how they are sampled/augmented
     optim:  OptimConfig                 AdamW + warm-up/cosine schedule + loss
     train:  TrainConfig                 batch, accumulation, AMP, seeding, logging, checkpoints
@@ -19,110 +19,19 @@ Every option is documented where it is defined (the docstring under each field).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-from zeroi2v.config_files import NULLS
+from zeroi2v.model_config import (CLIP_MEAN, CLIP_STD, FINETUNE_MODES, ModelConfig, _component_specs,  # noqa: F401
+                                   check_model_config, model_config_from_data, upgrade_model_dict)
 
-CLIP_MEAN = (122.769, 116.74, 104.04)  # OpenAI CLIP pixel statistics, 0–255 scale, RGB
-CLIP_STD = (68.493, 66.63, 70.321)
-FINETUNE_MODES = ("adapters", "full", "linear_probe")
 SAMPLERS = ("uniform", "dense")
 AMP_MODES = ("none", "bf16", "fp16")
 ON_MISSING = ("drop", "error")
 FLIP_LABEL_MAPS = ("ssv2",)
-
-
-@dataclass
-class ModelConfig:
-    """Everything that defines a video model, as plain data (YAML/JSON round-trips)."""
-
-    backbone: str = "ViT-B-16"
-    """Backbone name with an optional family prefix (``zeroi2v.backbones``): an open_clip model name
-    ('ViT-B-16', or 'open_clip:ViT-B-16'), one of ours (``zeroi2v/model_configs``), or ``local-dir:/path``."""
-    pretrained: str | None = None
-    """open_clip tag ('openai', 'laion2b_s34b_b88k'...), a weights file, or None (random init)."""
-    num_classes: int = 400
-    """Classifier outputs."""
-    num_frames: int = 8
-    """Frames per clip (T)."""
-    temporal: dict = field(default_factory=lambda: {"kind": "stdha", "offsets": "1x1,-1x1", "boundary": "self"})
-    """The temporal operator of every block (``zeroi2v.temporal.TEMPORAL``) and its spec. STDHA (paper
-    Sec. 3.2): ``offsets``, the Δt multiset (string like '1x2,-1x2,0x8', a Table 11 preset name, a
-    per-head list, or one spec per layer; null: all heads spatial), and ``boundary``, what a head reads
-    past the clip ends: 'self' (own K/V, the authors' choice) or 'zero'."""
-    adapter: dict | None = field(default_factory=lambda: {"kind": "linear", "placement": "4", "ratio": 0.25,
-                                                          "scale": 1.0, "dropout": 0.0})
-    """Adapters (``zeroi2v.adapters.ADAPTERS``) and their spec, or None: no adapters (a merged model).
-    ``placement``: '4' (before qkv, after out-proj, before fc1, after fc2), '6' (separate Q/K/V), '3',
-    or a list of slot names. The linear adapter (Sec. 3.3) takes ``ratio`` (bottleneck width / width),
-    ``scale`` (s) and ``dropout``."""
-    temporal_embedding: bool = True
-    """A zero-initialised T × width embedding added to every token of frame t."""
-    head_dropout: float = 0.5
-    """Dropout before the classifier."""
-    finetune: str = "adapters"
-    """What trains: 'adapters' (paper: adapters, temporal embedding, ln_post, head), 'full', 'linear_probe' (head)."""
-    grad_checkpointing: bool = False
-    """Recompute block activations in backward (less memory, ~30% slower steps)."""
-    mean: tuple = CLIP_MEAN
-    """Pixel mean (0-255, RGB) the backbone was trained with."""
-    std: tuple = CLIP_STD
-    """Pixel standard deviation (0-255, RGB)."""
-    class_names: list | None = None
-    """Class names in label order (None: 'class N')."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], notice: bool = True) -> "ModelConfig":
-        d = upgrade_model_dict(d, notice)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-
-LEGACY_TEMPORAL = {"offsets": "offsets", "boundary": "boundary"}
-LEGACY_ADAPTER = {"adapter_placement": "placement", "adapter_ratio": "ratio", "adapter_scale": "scale",
-                  "adapter_dropout": "dropout"}
-_noticed: set[str] = set()
-
-
-def upgrade_model_dict(d: dict[str, Any], notice: bool = True) -> dict[str, Any]:
-    """Model config data with the old flat keys (``offsets``, ``boundary``, ``adapter: linear``,
-    ``adapter_placement``, ...) moved into ``temporal:`` and ``adapter:``; prints a one-line notice."""
-    old = [k for k in d if k in LEGACY_TEMPORAL or k in LEGACY_ADAPTER or (k == "adapter" and isinstance(d[k], str))]
-    if not old:
-        return dict(d)
-    d = dict(d)
-    defaults = ModelConfig()
-    temporal = dict(d.get("temporal") or defaults.temporal)
-    for key in LEGACY_TEMPORAL:
-        if key in d:
-            temporal[LEGACY_TEMPORAL[key]] = d.pop(key)
-    d["temporal"] = temporal
-    adapter = d.get("adapter", defaults.adapter)
-    if isinstance(adapter, str) and adapter.strip().lower() in NULLS:
-        adapter = None
-    elif isinstance(adapter, str):
-        adapter = {**defaults.adapter, "kind": adapter}
-    moved = {LEGACY_ADAPTER[k]: d.pop(k) for k in list(d) if k in LEGACY_ADAPTER}
-    d["adapter"] = None if adapter is None else {**adapter, **moved}
-    if notice and not set(old) <= _noticed:
-        _noticed.update(old)
-        print(f"[zeroi2v] note: model keys {', '.join(old)} are the old flat form; they still load. Write "
-              f"model.temporal: {{kind, offsets, boundary}} and model.adapter: {{kind, placement, ratio, "
-              f"scale, dropout}} instead.", file=sys.stderr)
-    return d
 
 
 @dataclass
@@ -310,53 +219,6 @@ class Config:
         return self
 
 
-def check_model_config(mc: ModelConfig, arch: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate a model config without building weights: the backbone exists, the temporal operator's
-    and the adapter kind's specs fit it (each component checks its own spec), the modes are known.
-    Returns the resolved facts (``temporal`` and ``adapter``: the complete specs the model is built from).
-
-    arch: the backbone's architecture data when it is already known (a merged checkpoint stores it, and
-    its ``backbone`` is only a display name); None: looked up by ``mc.backbone``."""
-    from zeroi2v.adapters import resolve_adapter
-    from zeroi2v.backbones import family_of
-    from zeroi2v.temporal import resolve_temporal
-
-    for key in ("num_frames", "num_classes"):
-        if getattr(mc, key) < 1:
-            raise ValueError(f"model.{key} must be >= 1, got {getattr(mc, key)}")
-    try:
-        family, name = family_of(mc.backbone)
-        facts = family.facts(arch if arch is not None else family.arch(name))
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise ValueError(f"model.backbone: {e}") from None
-    try:
-        temporal = resolve_temporal(mc.temporal, num_heads=facts["heads"], num_layers=facts["layers"],
-                                    num_frames=mc.num_frames)
-    except ValueError as e:
-        raise ValueError(f"model.temporal.{e}") from None
-    try:
-        adapter = resolve_adapter(mc.adapter)
-    except ValueError as e:
-        raise ValueError(f"model.adapter.{e}") from None
-    _choice("model.finetune", mc.finetune, FINETUNE_MODES)
-    if not 0.0 <= mc.head_dropout <= 1.0:
-        raise ValueError(f"model.head_dropout must be in [0, 1], got {mc.head_dropout}")
-    if len(mc.mean) != 3 or len(mc.std) != 3:
-        raise ValueError("model.mean and model.std need 3 values (RGB)")
-    return {**facts, "temporal": temporal, "adapter": adapter}
-
-
-def model_config_from_data(d: Any, prefix: str = "model.", notice: bool = True) -> ModelConfig:
-    """A ModelConfig from plain data (a YAML section, a merged checkpoint's config.json) with the same
-    key and type checks as a config file; errors name the key as ``prefix + key``. ``notice``: print the
-    one-line notice for old flat keys (not for checkpoints of format 1, which are not the user's to edit)."""
-    from zeroi2v.config_files import to_structured
-    if not isinstance(d, dict):
-        return to_structured(ModelConfig, d, prefix)
-    d, specs = _component_specs(upgrade_model_dict(d, notice), prefix)
-    return to_structured(ModelConfig, d, prefix, start=ModelConfig(**specs))
-
-
 def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
@@ -392,26 +254,6 @@ def config_from_data(data: Any) -> Config:
         model, specs = _component_specs(upgrade_model_dict(data["model"]), "model.")
         data, start = {**data, "model": model}, Config(model=ModelConfig(**specs))
     return to_structured(Config, data, start=start)
-
-
-def _component_specs(model: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model data without ``temporal``/``adapter``, and those specs merged over the defaults by their
-    own rule (a spec naming another ``kind`` replaces the default whole: its keys belong to that kind)."""
-    from zeroi2v.config_files import merge_data
-    model, specs, default = dict(model), {}, ModelConfig()
-    for key in ("temporal", "adapter"):
-        if key not in model:
-            continue
-        value = model.pop(key)
-        if value is None and key == "adapter":
-            specs[key] = None
-        elif isinstance(value, dict):
-            base = getattr(default, key)
-            specs[key] = merge_data({key: base}, {key: value})[key]
-        else:
-            raise ValueError(f"config key {prefix + key!r} expects a mapping ({{kind: ..., ...}}), got "
-                             f"{type(value).__name__} {value!r}")
-    return model, specs
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -142,6 +142,19 @@ def _frozen(model):
         model.train(was_training)
 
 
+def _group_cam(VideoGradCAM, model, blk, heads: list[int], video: torch.Tensor, target_class: int | None):
+    """``pytorch_grad_cam`` on one head group's values of ``blk``: token-grid maps and the clip's logits."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    grid = _grid(model)
+    cam = VideoGradCAM(model, [blk.v_probe], HeadsToVolume(heads, model.num_frames, grid), grid)
+    try:
+        targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
+        maps = cam(input_tensor=video.clone().requires_grad_(True), targets=targets)
+        return maps, cam.outputs.detach().float().cpu()[0]
+    finally:
+        cam.activations_and_grads.release()
+
+
 def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: int = -1,
             groups: Iterable[str] = GROUPS) -> dict[str, Any]:
     """Grad-CAM of one clip for the spatial, temporal and all heads of one block.
@@ -162,7 +175,6 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         ``"messages"`` (group -> why it is empty or flat), ``"grid"`` (group -> the same maps at the
         token grid, (T, h, w), before upsampling).
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     VideoGradCAM = _video_gradcam_class()
 
     groups = tuple(groups)
@@ -194,19 +206,10 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
                                if g == "temporal" else
                                f"block {idx} has no spatial heads (every head has Δt ≠ 0): nothing to show")
                 continue
-            grid = _grid(model)
-            cam = VideoGradCAM(model, [blk.v_probe], HeadsToVolume(heads[g], model.num_frames, grid), grid)
-            try:
-                targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
-                x = video.clone().requires_grad_(True)
-                maps = cam(input_tensor=x, targets=targets)
-                if probs is None:
-                    logits = cam.outputs.detach().float().cpu()[0]
-                    probs = torch.softmax(logits, dim=-1).numpy()
-                    if target_class is None:
-                        target_class = int(logits.argmax())
-            finally:
-                cam.activations_and_grads.release()
+            maps, logits = _group_cam(VideoGradCAM, model, blk, heads[g], video, target_class)
+            if probs is None:
+                probs = torch.softmax(logits, dim=-1).numpy()
+                target_class = int(logits.argmax()) if target_class is None else target_class
             m = np.clip(np.nan_to_num(np.asarray(maps[0], dtype=np.float32)), 0.0, 1.0)
             grid_maps[g] = m
             m = np.clip(upsample(m, video.shape[-2:]), 0.0, 1.0)

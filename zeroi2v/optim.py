@@ -14,21 +14,19 @@ import torch.nn as nn
 if TYPE_CHECKING:
     from zeroi2v.config import OptimConfig
 
-EMBEDDINGS = ("temporal_embedding", "visual.class_embedding", "visual.positional_embedding")
-"""Parameters that never get weight decay although they are not 1-D, for a model that does not say
-(a ``ZeroI2V`` says: ``no_weight_decay()``, from its backbone family)."""
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float = 1.0) -> list[dict]:
     """AdamW groups over the trainable parameters: (backbone | head) × (decay | no decay).
 
-    No decay: 1-D tensors (biases, LayerNorm) and the class/positional/temporal embeddings. Backbone =
+    No decay: 1-D tensors (biases, LayerNorm) and what ``model.no_weight_decay()`` names (a ``ZeroI2V``: the
+    class, positional and temporal embeddings, from its backbone family). Backbone =
     ``visual.*`` (adapters, ln_post, or everything when fully fine-tuned): lr × ``backbone_lr_mult``;
     the head and the temporal embedding keep the full lr.
     """
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     inner = getattr(model, "module", model)  # DDP wraps the model
-    no_decay = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else EMBEDDINGS
+    no_decay = inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else ()  # timm's convention
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -104,33 +104,13 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     torch.set_num_threads(s.threads)
     start, timings = time.perf_counter(), {}
 
-    # 1. the image model (cached)
     image_dir = out / "image_model"
     with _stage(timings, "image model", log):
-        if not (image_dir / "pretrain.json").is_file() or json.loads((image_dir / "pretrain.json").read_text()).get("settings") != _image_key(s, seed):
-            from zeroi2v.pretrain import pretrain_image_model
-            stills = make_synthetic_images(out / "stills", seed=seed, n=s.images, size=s.size)
-            data = np.load(stills["path"])
-            summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, image_dir,
-                                           backbone=s.backbone, epochs=s.pretrain_epochs, seed=seed, log=log)
-            summary["settings"] = _image_key(s, seed)
-            (image_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
-        else:
-            log(f"[quickstart]   cached: {image_dir}")
+        _image_model(s, out, image_dir, seed, log)
     backbone = f"local-dir:{image_dir}"
-
-    # 2. the synthetic videos (cached)
     video_dir = out / "videos"
     with _stage(timings, "synthetic videos", log):
-        key = {"seed": seed, "classes": list(s.classes), "per_class": list(s.videos_per_class),
-               "frames": s.video_frames, "size": s.size}
-        done = video_dir / "summary.json"
-        if not done.is_file() or json.loads(done.read_text()).get("key") != key:
-            summary = make_synthetic_videos(video_dir, seed=seed, classes=list(s.classes), num_frames=s.video_frames,
-                                            size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)))
-            done.write_text(json.dumps({**summary, "key": key}, indent=1))
-        else:
-            log(f"[quickstart]   cached: {video_dir}")
+        _videos(s, video_dir, seed, log)
     classes = (video_dir / "classes.txt").read_text().split()
     kinds = json.loads((video_dir / "kinds.json").read_text())
 
@@ -175,6 +155,45 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
         "facts": {"params": eff["params"]["merged"], "params_plain": eff["params"]["plain"],
                   "gflops": eff["gflops"]["merged"], "gflops_plain": eff["gflops"]["plain"], "views": s.test_clips},
         "trained_on": "zeroi2v quickstart synthetic set"})
+    report = _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff, explain,
+                     image_dir, out, seed, fast, timings, start)
+    report["checks"] = _checks(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log(format_report(report))
+    return report
+
+
+def _image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+    """Stage 1: the small image model, pre-trained on synthetic stills (cached by its settings)."""
+    key_file = image_dir / "pretrain.json"
+    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
+        log(f"[quickstart]   cached: {image_dir}")
+        return
+    from zeroi2v.pretrain import pretrain_image_model
+    stills = make_synthetic_images(out / "stills", seed=seed, n=s.images, size=s.size)
+    data = np.load(stills["path"])
+    summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, image_dir,
+                                   backbone=s.backbone, epochs=s.pretrain_epochs, seed=seed, log=log)
+    summary["settings"] = _image_key(s, seed)
+    key_file.write_text(json.dumps(summary, indent=2))
+
+
+def _videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+    """Stage 2: the synthetic temporal video set (cached by its settings)."""
+    key = {"seed": seed, "classes": list(s.classes), "per_class": list(s.videos_per_class),
+           "frames": s.video_frames, "size": s.size}
+    done = video_dir / "summary.json"
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        log(f"[quickstart]   cached: {video_dir}")
+        return
+    summary = make_synthetic_videos(video_dir, seed=seed, classes=list(s.classes), num_frames=s.video_frames,
+                                    size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)))
+    done.write_text(json.dumps({**summary, "key": key}, indent=1))
+
+
+def _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff, explain, image_dir,
+            out, seed, fast, timings, start) -> dict[str, Any]:
+    """The report: top-1 per run and per kind of class, merge exactness, params, GFLOPs, latency, CAMs."""
     by_kind = {name: _by_kind(res, classes, kinds) for name, res in {**results, "zeroi2v_merged": merged_result}.items()}
     report = {
         "top1": {"zeroi2v": results["zeroi2v"]["top1"] / 100, "zeroi2v_merged": merged_result["top1"] / 100,
@@ -195,9 +214,6 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
         "seconds": round(time.perf_counter() - start, 1),
         "outputs": {"merged": str(out / "merged"), "examples": str(out / "examples"), "runs": str(out / "runs")},
     }
-    report["checks"] = _checks(report)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    log(format_report(report))
     return report
 
 
