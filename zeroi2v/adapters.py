@@ -154,13 +154,15 @@ def resolve_adapter(spec: Mapping[str, Any] | None) -> dict | None:
         return None
     spec = dict(spec)
     kind = spec.pop("kind", "linear")
-    if kind not in ADAPTERS:
-        raise ValueError(f"kind: unknown adapter kind {kind!r}; known: {', '.join(sorted(ADAPTERS))}")
+    try:
+        cls = ADAPTERS.get_class(kind)
+    except ValueError as e:
+        raise ValueError(f"kind: {e}") from None
     try:
         slots = list(placement_slots(spec.pop("placement", "4")))
     except ValueError as e:
         raise ValueError(f"placement: {e}") from None
-    return {"kind": kind, "placement": slots, **ADAPTERS[kind].check_spec(spec)}
+    return {"kind": kind, "placement": slots, **cls.check_spec(spec)}
 
 
 def build_adapters(resolved: Mapping[str, Any] | None, dims: Mapping[str, tuple[int, int]]) -> dict[str, Adapter]:

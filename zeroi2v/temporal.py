@@ -70,7 +70,10 @@ def resolve_temporal(spec: Mapping[str, Any] | None, *, num_heads: int, num_laye
     """``{kind, ...complete spec}`` for a user spec (None: STDHA with its defaults)."""
     spec = dict(spec or {})
     kind = spec.pop("kind", DEFAULT_KIND)
-    cls = TEMPORAL.get_class(kind) if kind in TEMPORAL else _unknown_kind(kind)
+    try:
+        cls = TEMPORAL.get_class(kind)
+    except ValueError as e:
+        raise ValueError(f"kind: {e}") from None
     return {"kind": kind, **cls.check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames)}
 
 
@@ -78,10 +81,6 @@ def build_temporal(resolved: Mapping[str, Any], *, layer: int, num_heads: int, n
     """The operator of block ``layer`` from ``resolve_temporal``'s result."""
     spec = dict(resolved)
     return TEMPORAL.get_class(spec.pop("kind")).from_spec(spec, layer=layer, num_heads=num_heads, num_frames=num_frames)
-
-
-def _unknown_kind(kind: Any):
-    raise ValueError(f"kind: unknown temporal operator {kind!r}; known: {', '.join(sorted(TEMPORAL))}")
 
 
 from zeroi2v import stdha as _stdha  # noqa: E402,F401  (registers 'stdha')
