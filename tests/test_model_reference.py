@@ -75,10 +75,9 @@ def _attend(q, k, v):
 
 def reference_block(block, family, x, offsets, boundary, num_frames):
     """One block on (B*T, N, C) tokens, frames frame-major within each video, with explicit loops."""
-    layout = block.get_submodule
-    lay = family.layout
+    part, lay = block.get_submodule, family.layout
     proj = {name: family.projection(block, name) for name in ("q", "k", "v", "attn_out", "fc1", "fc2")}
-    h = _layer_norm(layout(lay.norm1), x)
+    h = _layer_norm(part(lay.norm1), x)
     h = _adapter(block, "attn_in", h)  # shared by Q, K and V (placements '4' and '3')
     q, k, v = (_linear(proj[p], _adapter(block, f"{p}_in", h)) for p in "qkv")  # separate: placement '6'
     bt, n, c = q.shape
@@ -97,14 +96,14 @@ def reference_block(block, family, x, offsets, boundary, num_frames):
                 out[b * num_frames + t, :, cols] = _attend(q[b * num_frames + t, :, cols], kk, vv)
     h = _adapter(block, "attn_out", _linear(proj["attn_out"], out))
     for path in lay.ls1:
-        h = _layer_scale(layout(path), h)
+        h = _layer_scale(part(path), h)
     x = x + h
-    h = _linear(proj["fc1"], _adapter(block, "mlp_in", _layer_norm(layout(lay.norm2), x)))
+    h = _linear(proj["fc1"], _adapter(block, "mlp_in", _layer_norm(part(lay.norm2), x)))
     for path in lay.act:
-        h = _act(layout(path), h)
+        h = _act(part(path), h)
     h = _adapter(block, "mlp_out", _linear(proj["fc2"], h))
     for path in lay.ls2:
-        h = _layer_scale(layout(path), h)
+        h = _layer_scale(part(path), h)
     return x + h
 
 
