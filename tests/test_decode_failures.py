@@ -87,6 +87,6 @@ def test_each_broken_file_is_logged_once_across_epochs_and_workers(data, tmp_pat
 
 def test_batches_without_file_names_count_as_reported():
     assert batch_failures({"video": None, "decode_failures": [1, 0, 2]}) == ([], 3)
-    assert batch_failures({"failed_files": ["a.mp4\nb.mp4", "", "a.mp4"], "decode_failures": [2, 0, 1]}) == \
+    assert batch_failures({"undecodable_files": ["a.mp4\nb.mp4", "", "a.mp4"], "decode_failures": [2, 0, 1]}) == \
         (["a.mp4", "b.mp4"], 0)
     assert batch_failures((None, None)) == ([], 0)

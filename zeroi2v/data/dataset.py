@@ -3,8 +3,8 @@
 Two failure modes are handled differently on purpose. Files missing at construction are a setup problem:
 they are listed and either dropped with a warning or raised at once. Files that exist but fail to decode
 are found only while iterating: the item is replaced by another sample chosen from the item's own random
-stream, and the files it could not decode travel in the item (`failed_files`, `decode_failures`), so the
-training loop can tell distinct files apart over an epoch and a run even across DataLoader worker
+stream, and the files it could not decode travel in the item (`undecodable_files`, `decode_failures`), so
+the training loop can tell distinct files apart over an epoch and a run even across DataLoader worker
 processes (``batch_failures`` reads them from a batch). Each undecodable file is logged once per data set,
 whatever the number of epochs, attempts or workers: which samples failed is kept in shared memory, seen by
 every worker (persistent or not) and by the main process.
@@ -31,8 +31,9 @@ from zeroi2v.data.views import decode_clips, transform_clips
 log = logging.getLogger(__name__)
 
 
-FAILED_FILES_SEP = "\n"
-"""Joins the paths in an item's ``failed_files`` (annotation formats are line-based: no path holds one)."""
+UNDECODABLE_SEP = "\n"
+"""Joins the paths in an item's ``undecodable_files`` (annotation formats are line-based: no path holds
+one)."""
 
 
 def batch_failures(batch: object) -> tuple[list[str], int]:
@@ -41,10 +42,10 @@ def batch_failures(batch: object) -> tuple[list[str], int]:
     ``decode_failures`` count (or nothing) gives ([], that count): such failures cannot be told apart."""
     if not isinstance(batch, dict):
         return [], 0
-    if "failed_files" in batch:
-        texts = batch["failed_files"]
+    if "undecodable_files" in batch:
+        texts = batch["undecodable_files"]
         texts = [texts] if isinstance(texts, str) else texts
-        return list(dict.fromkeys(p for text in texts for p in text.split(FAILED_FILES_SEP) if p)), 0
+        return list(dict.fromkeys(p for text in texts for p in text.split(UNDECODABLE_SEP) if p)), 0
     failures = batch.get("decode_failures")
     return [], int(torch.as_tensor(failures).sum()) if failures is not None else 0
 
@@ -89,8 +90,8 @@ class VideoDataset(Dataset):
     """Items are dicts: video (float (C, T, H, W) when training; (V, C, T, H, W) when testing, V = clips ×
     crops, clip-major), label (int), index (the requested index), source_index (the sample actually decoded:
     differs from index only after a decode failure), decode_failures (failed decode attempts for this item)
-    and failed_files (the distinct files those attempts could not decode, as opened, one string joined by
-    FAILED_FILES_SEP: empty when none; a list would not batch)."""
+    and undecodable_files (the distinct files those attempts could not decode, as opened, one string joined by
+    UNDECODABLE_SEP: empty when none; a list would not batch)."""
 
     def __init__(self, samples: Sequence[Sample] | Annotation, root: str | os.PathLike | None = None, *,
                  sampler: Callable[..., np.ndarray], transform: Callable, train: bool, seed: int = 0,
@@ -183,10 +184,11 @@ class VideoDataset(Dataset):
         generator = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
         video, label = transform_clips(clip, self.transform, self.train, sample.label, generator)
         return {"video": video, "label": label, "index": index, "source_index": source_index,
-                "decode_failures": failures, "failed_files": FAILED_FILES_SEP.join(failed)}
+                "decode_failures": failures, "undecodable_files": UNDECODABLE_SEP.join(failed)}
 
     def _note_failure(self, i: int, error: VideoDecodeError) -> None:
-        """Log sample i's decode failure the first time any process of this data set meets it."""
+        """Log sample i's decode failure the first time any process of this data set meets it (the flag is
+        not a lock: two workers failing on the same new file within the same microseconds could both log it)."""
         if not bool(self._failed[i]):
             self._failed[i] = True
             log.warning("skipping undecodable video (sample %d): %s", i, error)
