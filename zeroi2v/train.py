@@ -15,6 +15,12 @@ per epoch ``train_epoch`` (its optimiser steps) and ``end_epoch`` (validation, l
 The run folder is ``zeroi2v.run_folder``: never overwritten without ``force``; a resume continues exactly
 where the last checkpoint was written, or is refused when it would change the run. A NaN or infinite loss
 stops the run before the weights are touched; the last good checkpoint stays on disk.
+
+Undecodable videos are skipped (``zeroi2v.data.dataset``) and counted as distinct files, not attempts:
+an epoch's ``decode_failures`` (its log line, its log.csv row, its ``history`` entry, which also lists them
+as ``undecodable_files``) is the number of distinct files that failed in that epoch; the result's
+``decode_failures`` and ``undecodable_files`` are the distinct files that failed in the whole run (first
+met first). Failures a data set reports without naming the file are added as reported.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from torch.utils.data import Dataset
 
 from zeroi2v.config import Config, ModelConfig
 from zeroi2v.data.build import ShardLoader, build_datasets
+from zeroi2v.data.dataset import batch_failures, describe_failures
 from zeroi2v.distributed import DistEnv, init_distributed, rng_states, seed_everything
 from zeroi2v.evaluate import _split_batch, evaluate, save_results, summary
 from zeroi2v.model import create_model
@@ -120,7 +127,7 @@ class _Run:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.net = DDP(self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
             if env.world > 1 else self.model
-        self.at, self.last_val, self.total_failures = Position(), None, 0
+        self.at, self.last_val = Position(), None
         if ckpt is not None:
             if ckpt["world_size"] != env.world:
                 say(f"[zeroi2v] warning: checkpoint written with {ckpt['world_size']} processes, resuming with "
@@ -188,8 +195,9 @@ class _Run:
         n_micro = min(self.accum, self.loader.batches_per_epoch - step * self.accum)
         step_loss = torch.zeros((), device=device)
         for micro in range(n_micro):
-            video, label, _, fails = _split_batch(next(batches))
-            meter.failures += fails
+            batch = next(batches)
+            meter.add_failures(*batch_failures(batch))
+            video, label, _, _ = _split_batch(batch)
             video, label = video.to(device, non_blocking=True), label.to(device, non_blocking=True)
             sync = micro == n_micro - 1
             with (self.net.no_sync() if env.world > 1 and not sync else nullcontext()):
@@ -231,14 +239,16 @@ class _Run:
         meter.window_start = time.perf_counter()
 
     def end_epoch(self, epoch: int, meter: _Meter) -> None:
-        """Decode failures and speed over every process, validation (every ``train.eval_every`` epochs and
-        after the last), the 'epoch' log row, a checkpoint (every ``train.save_every`` epochs and after the last)."""
+        """Decode failures (distinct files) and speed over every process, validation (every ``train.eval_every``
+        epochs and after the last), the 'epoch' log row, a checkpoint (every ``train.save_every`` epochs and
+        after the last)."""
         o, t, done = self.cfg.optim, self.cfg.train, epoch + 1
-        failures, clips = self.env.reduce(meter.failures, meter.clips)
-        self.total_failures += int(failures)
+        anonymous, clips = self.env.reduce(meter.anonymous_failures, meter.clips)
+        files = _all_names(self.env, list(meter.failed_files))
+        failures = len(files) + int(anonymous)
         seconds = time.perf_counter() - meter.start
         row = {"epoch": done, "loss": (meter.loss / max(1, meter.steps)), "lr": meter.lr,
-               "clips_per_s": clips / max(seconds, 1e-9), "decode_failures": int(failures),
+               "clips_per_s": clips / max(seconds, 1e-9), "decode_failures": failures, "undecodable_files": files,
                "global_step": self.at.global_step, "seconds": seconds}
         if self.sets[1] is not None and ((t.eval_every and done % t.eval_every == 0) or done == o.epochs):
             self.last_val = self.validate(self.sets[1])
@@ -252,7 +262,7 @@ class _Run:
                        time_s=round(seconds, 3))
         val_text = f", val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
         self.say(f"[zeroi2v] epoch {done}/{o.epochs}: loss {row['loss']:.4f}{val_text}, "
-                 f"{row['clips_per_s']:.1f} clips/s, {int(failures)} decode failures")
+                 f"{row['clips_per_s']:.1f} clips/s, {describe_failures(files, failures)}")
         if done % t.save_every == 0 or done == o.epochs:
             self.checkpoint()
         for cb in self.callbacks:
@@ -272,7 +282,8 @@ class _Run:
                         progress=self.cfg.train.progress and self.env.main and sys.stderr.isatty())
 
     def finish(self, stopped: bool) -> dict[str, Any]:
-        """After the last epoch: the validation results, then the full multi-view test; the run's summary."""
+        """After the last epoch: the validation results, then the full multi-view test; the run's summary
+        (``decode_failures``: distinct files that failed in the run, ``undecodable_files``: which)."""
         cfg, history, (train_set, val_set, test_set) = self.cfg, self.at.history, self.sets
         finished = not stopped and bool(history) and history[-1]["epoch"] == cfg.optim.epochs
         class_names = _class_names(train_set, getattr(self.model, "cfg", None) and self.model.cfg.class_names,
@@ -287,9 +298,11 @@ class _Run:
                      f"{test['num_samples']} videos")
         self.log.close()
         self.model.eval()
+        files = list(dict.fromkeys(f for row in history for f in row.get("undecodable_files", ())))
+        anonymous = sum(row["decode_failures"] - len(row.get("undecodable_files", ())) for row in history)
         return {"model": self.model, "history": history, "global_step": self.at.global_step,
                 "epochs_done": len(history) and history[-1]["epoch"], "finished": finished,
-                "stopped_at_max_steps": stopped, "decode_failures": self.total_failures,
+                "stopped_at_max_steps": stopped, "decode_failures": len(files) + anonymous, "undecodable_files": files,
                 "checkpoint": str(self.ckpt_path), "out_dir": str(self.ckpt_path.parent), "world_size": self.env.world,
                 "steps_per_epoch": self.steps_per_epoch, "accumulation": self.accum, **results}
 
@@ -342,15 +355,30 @@ class _Meter:
     head's learning rate of the last step."""
 
     def __init__(self, lr: float):
-        self.steps, self.lr, self.loss, self.clips, self.failures = 0, lr, 0.0, 0.0, 0.0
+        self.steps, self.lr, self.loss, self.clips = 0, lr, 0.0, 0.0
+        self.failed_files: dict[str, None] = {}  # distinct undecodable files met this epoch, in order
+        self.anonymous_failures = 0  # failures reported without a file name (see batch_failures)
         self.window_loss = self.window_steps = self.window_clips = 0.0
         self.start = self.window_start = time.perf_counter()
+
+    def add_failures(self, files: list[str], anonymous: int) -> None:
+        self.failed_files.update(dict.fromkeys(files))
+        self.anonymous_failures += anonymous
 
     def add_step(self, loss: float) -> None:
         self.steps += 1
         self.loss += loss
         self.window_loss += loss
         self.window_steps += 1
+
+
+def _all_names(env: DistEnv, names: list[str]) -> list[str]:
+    """The distinct ``names`` of every process, in order (a collective when there are several)."""
+    if env.world > 1:
+        gathered: list[list[str] | None] = [None] * env.world
+        dist.all_gather_object(gathered, names)
+        names = [n for part in gathered for n in part or ()]
+    return list(dict.fromkeys(names))
 
 
 def _class_names(*candidates: Any) -> list[str] | None:

@@ -2,9 +2,12 @@
 
 Two failure modes are handled differently on purpose. Files missing at construction are a setup problem:
 they are listed and either dropped with a warning or raised at once. Files that exist but fail to decode
-are found only while iterating: each is logged once and the item is replaced by another sample chosen
-from the item's own random stream; the number of failed decodes travels in the item (`decode_failures`)
-so the training loop can sum it over an epoch even across DataLoader worker processes.
+are found only while iterating: the item is replaced by another sample chosen from the item's own random
+stream, and the files it could not decode travel in the item (`undecodable_files`, `decode_failures`), so
+the training loop can tell distinct files apart over an epoch and a run even across DataLoader worker
+processes (``batch_failures`` reads them from a batch). Each undecodable file is logged once per data set,
+whatever the number of epochs, attempts or workers: which samples failed is kept in shared memory, seen by
+every worker (persistent or not) and by the main process.
 
 Randomness comes from a numpy Generator seeded by (seed, epoch, index), so an item's frames and
 augmentation do not depend on worker count, worker order or what was drawn before.
@@ -26,6 +29,35 @@ from zeroi2v.data.formats import Annotation, Sample
 from zeroi2v.data.views import decode_clips, transform_clips
 
 log = logging.getLogger(__name__)
+
+
+UNDECODABLE_SEP = "\n"
+"""Joins the paths in an item's ``undecodable_files`` (annotation formats are line-based: no path holds
+one)."""
+
+
+def batch_failures(batch: object) -> tuple[list[str], int]:
+    """(undecodable files named in ``batch``, distinct and in order; decode failures it reports without a
+    name). A batch of ``VideoDataset`` items names every failure; a data set whose items carry only a
+    ``decode_failures`` count (or nothing) gives ([], that count): such failures cannot be told apart."""
+    if not isinstance(batch, dict):
+        return [], 0
+    if "undecodable_files" in batch:
+        texts = batch["undecodable_files"]
+        texts = [texts] if isinstance(texts, str) else texts
+        return list(dict.fromkeys(p for text in texts for p in text.split(UNDECODABLE_SEP) if p)), 0
+    failures = batch.get("decode_failures")
+    return [], int(torch.as_tensor(failures).sum()) if failures is not None else 0
+
+
+def describe_failures(files: Sequence[str], failures: int, shown: int = 3) -> str:
+    """"2 undecodable files skipped: a.mp4, b.mp4": ``failures`` decode failures, of which ``files`` are the
+    distinct named files (the first ``shown`` are named)."""
+    if not files:
+        return f"{failures} decode failures"
+    more = f" and {len(files) - shown} more" if len(files) > shown else ""
+    unnamed = f" (+{failures - len(files)} unnamed)" if failures > len(files) else ""
+    return f"{len(files)} undecodable file{'s' * (len(files) > 1)} skipped: {', '.join(files[:shown])}{more}{unnamed}"
 
 
 class UndecodableDataError(RuntimeError):
@@ -57,7 +89,9 @@ def _from_worker(text: str, cls: type) -> str:
 class VideoDataset(Dataset):
     """Items are dicts: video (float (C, T, H, W) when training; (V, C, T, H, W) when testing, V = clips ×
     crops, clip-major), label (int), index (the requested index), source_index (the sample actually decoded:
-    differs from index only after a decode failure) and decode_failures (failed decodes for this item)."""
+    differs from index only after a decode failure), decode_failures (failed decode attempts for this item)
+    and undecodable_files (the distinct files those attempts could not decode, as opened, one string joined by
+    UNDECODABLE_SEP: empty when none; a list would not batch)."""
 
     def __init__(self, samples: Sequence[Sample] | Annotation, root: str | os.PathLike | None = None, *,
                  sampler: Callable[..., np.ndarray], transform: Callable, train: bool, seed: int = 0,
@@ -90,7 +124,6 @@ class VideoDataset(Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._cache: dict[int, TensorSource] = {}
         self._too_big_to_cache: set[int] = set()
-        self._logged: set[int] = set()  # samples whose decode failure was already logged (this process)
 
         found = [os.path.exists(self.path_of(s)) for s in samples]
         missing = [s for s, ok in zip(samples, found) if not ok]
@@ -106,6 +139,8 @@ class VideoDataset(Dataset):
             raise ValueError(f"no videos to load (root={self.root!r})")
         self.samples: list[Sample] = list(samples)
         self.missing: list[Sample] = missing
+        # Samples found undecodable (and logged), shared like the epoch: each file is logged once per data set.
+        self._failed = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -118,25 +153,30 @@ class VideoDataset(Dataset):
         """Select the epoch's random stream (call before iterating, as with DistributedSampler)."""
         self._epoch[0] = epoch
 
+    @property
+    def undecodable(self) -> list[str]:
+        """The files found undecodable so far, by any process iterating this data set (as opened)."""
+        return [self.path_of(self.samples[i]) for i in self._failed.nonzero().flatten().tolist()]
+
     def path_of(self, sample: Sample) -> str:
         return sample.path if self.root is None else os.path.join(self.root, sample.path)
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        source_index, failures = index, 0
+        source_index, failures, failed = index, 0, {}
         while True:
             try:
                 clip = self._load(source_index, rng)
                 break
             except VideoDecodeError as e:
                 failures += 1
-                if source_index not in self._logged:
-                    self._logged.add(source_index)
-                    log.warning("skipping undecodable video (sample %d): %s", source_index, e)
-                if len(self._logged) >= len(self.samples) or failures >= self.max_failures_per_item:
+                failed[self.path_of(self.samples[source_index])] = None
+                self._note_failure(source_index, e)
+                known = int(self._failed.sum())
+                if known >= len(self.samples) or failures >= self.max_failures_per_item:
                     raise UndecodableDataError(
                         f"{failures} decode failures in a row while loading item {index} and "
-                        f"{len(self._logged)} of {len(self.samples)} videos undecodable in this process; "
+                        f"{known} of {len(self.samples)} videos undecodable so far; "
                         f"is the data readable? last error: {' '.join(str(e).split())}") from e
                 # Another sample, drawn from this item's stream: deterministic, never the same one.
                 source_index = int((source_index + rng.integers(1, len(self.samples))) % len(self.samples))
@@ -144,7 +184,14 @@ class VideoDataset(Dataset):
         generator = torch.Generator().manual_seed(int(rng.integers(2**62))) if self.train else None
         video, label = transform_clips(clip, self.transform, self.train, sample.label, generator)
         return {"video": video, "label": label, "index": index, "source_index": source_index,
-                "decode_failures": failures}
+                "decode_failures": failures, "undecodable_files": UNDECODABLE_SEP.join(failed)}
+
+    def _note_failure(self, i: int, error: VideoDecodeError) -> None:
+        """Log sample i's decode failure the first time any process of this data set meets it (the flag is
+        not a lock: two workers failing on the same new file within the same microseconds could both log it)."""
+        if not bool(self._failed[i]):
+            self._failed[i] = True
+            log.warning("skipping undecodable video (sample %d): %s", i, error)
 
     def _load(self, i: int, rng: np.random.Generator) -> torch.Tensor:
         """Decode the sampler's clips of sample i: uint8 (clips, T, C, H, W)."""
