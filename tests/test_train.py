@@ -124,7 +124,7 @@ def test_training_run_schedule_groups_failures_and_run_folder(tmp_path):
     rows = read_log(tmp_path / "run")
     epoch_rows = [r for r in rows if r["kind"] == "epoch"]
     assert [r["decode_failures"] for r in epoch_rows] == ["6", "6", "6"]
-    assert all(r["val_top1"] != "" and 0 <= float(r["val_top1"]) <= 100 for r in epoch_rows)
+    assert all(r["val_top1"] != "" and 0 <= float(r["val_top1"]) <= 1 for r in epoch_rows)  # fractions
     assert [int(r["step"]) for r in rows if r["kind"] == "train"] == list(range(1, 13))
     # run folder: exact config, checkpoint loadable with weights_only, validation results
     assert load_config(tmp_path / "run" / "config.yaml") == named(cfg)  # + the names the data gave (issue 11)
