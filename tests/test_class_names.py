@@ -22,6 +22,11 @@ def synthetic(tmp_path_factory):
     return out
 
 
+def class_file(synthetic: Path) -> str:
+    """The data keys that name the classes of the synthetic mmaction lists (its classes.txt)."""
+    return f", format_args: {{classes: {synthetic}/classes.txt}}"
+
+
 def write_cfg(path: Path, synthetic: Path, out_dir: Path, data_extra: str = "", model_extra: str = "") -> Path:
     """A one-epoch micro run on the synthetic mmaction lists (labels are numbers; names only from extras)."""
     path.write_text(f"""
@@ -39,7 +44,7 @@ def test_names_from_an_mmaction_class_file_reach_predict_eval_and_the_demo(synth
     from zeroi2v.demo.backend import DemoBackend
     from zeroi2v.run_folder import load_checkpoint, load_run
     run, merged = tmp_path / "run", tmp_path / "merged"
-    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic, run, data_extra=f", format_args: {{classes: {synthetic}/classes.txt}}")
+    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic, run, data_extra=class_file(synthetic))
     assert main(["train", str(cfg)]) == 0
     assert "no class names" not in capsys.readouterr().out
     # the run folder records them: config.yaml, checkpoint.pt, and the model load_run rebuilds
@@ -70,7 +75,7 @@ def test_names_from_an_mmaction_class_file_reach_predict_eval_and_the_demo(synth
 
 
 def test_explicit_names_win_and_a_wrong_length_is_refused(synthetic, tmp_path, capsys):
-    classes_file = f", format_args: {{classes: {synthetic}/classes.txt}}"
+    classes_file = class_file(synthetic)
     bad = write_cfg(tmp_path / "bad.yaml", synthetic, tmp_path / "bad", data_extra=classes_file,
                     model_extra=", class_names: [a, b]")
     assert main(["train", str(bad)]) == 2
@@ -106,7 +111,23 @@ def test_resuming_a_named_run_is_not_refused(synthetic, tmp_path, capsys):
     """The names a run records in its checkpoint are not a change of the run on resume (the user's config
     has none: they come from the annotation)."""
     run = tmp_path / "run"
-    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic, run, data_extra=f", format_args: {{classes: {synthetic}/classes.txt}}")
+    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic, run, data_extra=class_file(synthetic))
     assert main(["train", str(cfg), "--set", "optim.epochs=2", "--set", "train.max_steps=2"]) == 0
     assert main(["train", str(cfg), "--set", "optim.epochs=2", "--resume"]) == 0
     assert yaml.safe_load((run / "config.resumed.yaml").read_text())["model"]["class_names"] == CLASSES
+
+
+def test_load_run_finds_the_names_of_a_run_that_predates_them(synthetic, tmp_path):
+    """A checkpoint written before runs recorded their names: load_run (so merge) reads them again from the
+    run's training annotation."""
+    from zeroi2v.run_folder import load_checkpoint, load_run, save_checkpoint
+    run = tmp_path / "run"
+    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic, run, data_extra=class_file(synthetic))
+    assert main(["train", str(cfg), "--set", "train.max_steps=1"]) == 0
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    ckpt["config"]["model"]["class_names"] = None  # as an older zeroi2v wrote it
+    save_checkpoint(run / "checkpoint.pt", ckpt)
+    assert load_run(run).cfg.class_names == CLASSES
+    ckpt["config"]["data"]["format_args"] = {}  # its annotation has label numbers only: no names
+    save_checkpoint(run / "checkpoint.pt", ckpt)
+    assert load_run(run).cfg.class_names is None

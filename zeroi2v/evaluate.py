@@ -3,8 +3,9 @@
 A test item holds V views of one video (V = temporal clips × spatial crops), shape (V, C, T, H, W); a
 single view (C, T, H, W) is V = 1. Every view runs through the model, each view's logits become
 probabilities (softmax) and the video's prediction is their mean, as in the paper. Accuracies are
-fractions (0-1) everywhere: metrics, results JSON, ``log.csv``, printed lines ("top-1 0.604"). The model only needs ``forward`` (B, C, T, H, W) -> logits, so an unmerged
-ZeroI2V, a merged one and any other video classifier are evaluated the same way.
+fractions (0-1) everywhere: metrics, results JSON, ``log.csv``, printed lines ("top-1 0.604"). The model
+only needs ``forward`` (B, C, T, H, W) -> logits, so an unmerged ZeroI2V, a merged one and any other video
+classifier are evaluated the same way.
 
 Under ``torchrun`` every process evaluates its shard and the probabilities are gathered, de-duplicated
 by sample index (the sampler pads shards to equal length) and scored once.
