@@ -263,7 +263,8 @@ def load_run(run: str | Path):
     """The trained model of a run folder, in eval mode, from the folder alone: ``checkpoint.pt`` holds the
     weights, the config and the backbone's architecture, so a ``local-dir:`` backbone that has moved or a
     hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded look the
-    backbone's config up by the name in the run's config)."""
+    backbone's config up by the name in the run's config). Its ``cfg.class_names`` are the run's (checkpoints
+    from before runs recorded them: read again from the run's training annotation when it is still there)."""
     from zeroi2v.model import ModelConfig, build_from_backbone_cfg
     run = Path(run)
     path = run / CHECKPOINT
