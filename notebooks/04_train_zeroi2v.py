@@ -191,7 +191,7 @@ for name, offsets in RUNS.items():
     t0 = time.perf_counter()
     runs[name] = train(cfg, train_set=train_set, val_set=None, test_set=test_set)
     print(f"--- {name}: {time.perf_counter() - t0:.1f} s, {runs[name]['global_step']} steps, "
-          f"test top-1 {runs[name]['test']['top1']:.1f}%")
+          f"test top-1 {runs[name]['test']['top1']:.3f}")
 
 print("\nrun folder:", sorted(p.name for p in Path(runs["zeroi2v"]["out_dir"]).iterdir()))
 print("offsets per layer, ZeroI2V:", runs["zeroi2v"]["model"].offsets[0], "| baseline:", runs["no_stdha"]["model"].offsets[0])
@@ -215,12 +215,12 @@ def read_log(run):
 
 
 def top1_by_kind(confusion):
-    """Overall and per-kind top-1 (%) from a confusion matrix, rows = true class."""
+    """Overall and per-kind top-1 (a fraction, as everywhere in zeroi2v) from a confusion matrix, rows = true class."""
     cm = torch.as_tensor(confusion, dtype=torch.float64)
-    out = {"overall": (cm.diagonal().sum() / cm.sum()).item() * 100}
+    out = {"overall": (cm.diagonal().sum() / cm.sum()).item()}
     for kind in sorted(set(kinds.values())):
         rows = [i for i, c in enumerate(CLASSES) if kinds[c] == kind]
-        out[kind] = (cm[rows, rows].sum() / cm[rows].sum()).item() * 100
+        out[kind] = (cm[rows, rows].sum() / cm[rows].sum()).item()
     return out
 
 
@@ -238,15 +238,15 @@ width = 0.8 / len(runs)
 for i, name in enumerate(runs):
     bars = axes[2].bar(np.arange(len(groups)) + i * width, [by_kind[name][g] for g in groups], width,
                        label=name, color=COLORS[name])
-    axes[2].bar_label(bars, fmt="%.0f", fontsize=8)
-axes[2].axhline(100 / len(CLASSES), ls="--", c="k", lw=0.8, label="chance")
+    axes[2].bar_label(bars, fmt="%.2f", fontsize=8)
+axes[2].axhline(1 / len(CLASSES), ls="--", c="k", lw=0.8, label="chance")
 axes[2].set_xticks(np.arange(len(groups)) + width * (len(runs) - 1) / 2, groups)
-axes[2].set(ylabel="test top-1 (%)", ylim=(0, 110), title=f"test, {len(test_set)} videos x {TEST_CLIPS} views")
+axes[2].set(ylabel="test top-1 (fraction)", ylim=(0, 1.1), title=f"test, {len(test_set)} videos x {TEST_CLIPS} views")
 for ax in axes:
     ax.legend(frameon=False, fontsize=8)
 show(fig)
 for name, acc in by_kind.items():
-    print(f"{name:9}", "  ".join(f"{k} {v:5.1f}%" for k, v in acc.items()))
+    print(f"{name:9}", "  ".join(f"{k} {v:.3f}" for k, v in acc.items()))
 if SMALL:
     print("(SMALL: a few videos and four epochs; these numbers mean nothing, see `make quickstart`)")
 
@@ -264,9 +264,9 @@ from zeroi2v.evaluate import evaluate
 
 evals = {name: evaluate(run["model"], test_set, batch_size=8) for name, run in runs.items()}
 for name, res in evals.items():
-    print(f"{name:9} top-1 {res['top1']:5.1f}%  top-{res['top5_k']} {res['top5']:5.1f}%  "
-          f"mean class {res['mean_class_accuracy']:5.1f}%  on {res['num_samples']} videos; probs {tuple(res['probs'].shape)}")
-    assert abs(res["top1"] - runs[name]["test"]["top1"]) < 1e-2  # the same test train() ran
+    print(f"{name:9} top-1 {res['top1']:.3f}  top-{res['top5_k']} {res['top5']:.3f}  "
+          f"mean class {res['mean_class_accuracy']:.3f}  on {res['num_samples']} videos; probs {tuple(res['probs'].shape)}")
+    assert abs(res["top1"] - runs[name]["test"]["top1"]) < 1e-4  # the same test train() ran
 print("written by train():", [p.name for p in (Path(runs["zeroi2v"]["out_dir"]) / "results").iterdir()])
 
 fig, axes = plt.subplots(1, len(evals), figsize=(5.2 * len(evals), 4.4), constrained_layout=True)
@@ -281,7 +281,7 @@ for ax, (name, res) in zip(axes, evals.items()):
                         color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(CLASSES)), [f"{c} ({kinds[c][0]})" for c in CLASSES], fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true (o = order, r = relation)", title=f"{name}: top-1 {res['top1']:.1f}%")
+    ax.set(xlabel="predicted", ylabel="true (o = order, r = relation)", title=f"{name}: top-1 {res['top1']:.3f}")
 show(fig)
 
 # %% [markdown]
@@ -315,7 +315,7 @@ print(f"merged vs unmerged on {len(test_set)} videos x {TEST_CLIPS} views: max |
 assert max_diff <= 1e-3, max_diff
 assert all(m <= 1e-4 for m in disagree_margins), disagree_margins  # only an exact tie could flip
 merged_eval = evaluate(merged, test_set, batch_size=8)
-print(f"merged test top-1 {merged_eval['top1']:.1f}% (unmerged {evals['zeroi2v']['top1']:.1f}%)")
+print(f"merged test top-1 {merged_eval['top1']:.3f} (unmerged {evals['zeroi2v']['top1']:.3f})")
 
 folder = save_merged(merged, WORK / "merged", extra={"class_names": CLASSES, "kinds": kinds,
                                                      "trained_on": "notebook 04 synthetic set"})

@@ -22,25 +22,25 @@ LABELS = torch.tensor([0, 0, 1, 2, 2, 3])
 
 
 def test_topk_accuracy_by_hand():
-    assert topk_accuracy(PROBS, LABELS, 1) == pytest.approx(50.0)
-    assert topk_accuracy(PROBS, LABELS, 2) == pytest.approx(50.0)
-    assert topk_accuracy(PROBS, LABELS, 3) == pytest.approx(500 / 6)
-    assert topk_accuracy(PROBS, LABELS, 5) == pytest.approx(100.0)  # k capped at 4 classes
+    assert topk_accuracy(PROBS, LABELS, 1) == pytest.approx(0.5)  # fractions (issue 11, item 6)
+    assert topk_accuracy(PROBS, LABELS, 2) == pytest.approx(0.5)
+    assert topk_accuracy(PROBS, LABELS, 3) == pytest.approx(5 / 6)
+    assert topk_accuracy(PROBS, LABELS, 5) == pytest.approx(1.0)  # k capped at 4 classes
 
 
 def test_confusion_and_per_class_by_hand():
     cm = confusion_matrix(PROBS.argmax(1), LABELS, 4)
     assert cm.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0]]
     m = metrics_from_probs(PROBS, LABELS)
-    assert m["top1"] == pytest.approx(50.0)
-    assert m["top5_k"] == 4 and m["top5"] == pytest.approx(100.0)
-    assert m["per_class_accuracy"] == pytest.approx([50.0, 100.0, 50.0, 0.0])
-    assert m["mean_class_accuracy"] == pytest.approx(50.0)
+    assert m["top1"] == pytest.approx(0.5)  # fractions (issue 11, item 6)
+    assert m["top5_k"] == 4 and m["top5"] == pytest.approx(1.0)
+    assert m["per_class_accuracy"] == pytest.approx([0.5, 1.0, 0.5, 0.0])
+    assert m["mean_class_accuracy"] == pytest.approx(0.5)
     assert m["num_samples"] == 6
     # a class without samples is NaN and does not count in the mean
     m5 = metrics_from_probs(torch.cat([PROBS, torch.zeros(6, 1)], 1), LABELS)
-    assert math.isnan(m5["per_class_accuracy"][4]) and m5["mean_class_accuracy"] == pytest.approx(50.0)
-    assert m5["top5"] == pytest.approx(100.0) and m5["top5_k"] == 5
+    assert math.isnan(m5["per_class_accuracy"][4]) and m5["mean_class_accuracy"] == pytest.approx(0.5)
+    assert m5["top5"] == pytest.approx(1.0) and m5["top5_k"] == 5
 
 
 class LogitsFromPixels(nn.Module):
@@ -116,8 +116,8 @@ def test_save_results_writes_json_and_png(tmp_path):
     names = ["walk", "run", "jump", "swim", "fly"]
     paths = save_results(res, tmp_path / "out", names, name="test")
     data = json.loads(paths["json"].read_text())
-    assert data["top1"] == pytest.approx(50.0) and data["top5"] == pytest.approx(100.0)
-    assert data["per_class_accuracy"] == {"walk": 50.0, "run": 100.0, "jump": 50.0, "swim": 0.0, "fly": None}
+    assert data["top1"] == pytest.approx(0.5) and data["top5"] == pytest.approx(1.0)
+    assert data["per_class_accuracy"] == {"walk": 0.5, "run": 1.0, "jump": 0.5, "swim": 0.0, "fly": None}
     assert data["confusion"][0] == [1, 1, 0, 0, 0] and data["class_names"] == names
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

@@ -1,5 +1,6 @@
 """Training engine on a micro model, CPU, in-memory data: recipe, exact resume, NaN stop, DDP, data package."""
 import copy
+import dataclasses
 import csv
 import json
 import math
@@ -52,6 +53,11 @@ def micro_cfg(out_dir, *extra):
         "model.adapter_dropout=0.1", "model.head_dropout=0.5", "train.batch_size=4", "train.total_batch=8",
         "optim.epochs=2", "optim.warmup_epochs=0.5", "data.workers=0", "train.device=cpu", "train.progress=false",
         "train.log_every=1", "test.batch_size=4", f"train.out_dir={out_dir}", *extra])
+
+
+def named(cfg, names=NoisyClips(1).classes):
+    """``cfg`` as its run records it: with the class names of its training data (issue 11, item 1)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_names=list(names)))
 
 
 def read_log(folder):
@@ -118,10 +124,10 @@ def test_training_run_schedule_groups_failures_and_run_folder(tmp_path):
     rows = read_log(tmp_path / "run")
     epoch_rows = [r for r in rows if r["kind"] == "epoch"]
     assert [r["decode_failures"] for r in epoch_rows] == ["6", "6", "6"]
-    assert all(r["val_top1"] != "" and 0 <= float(r["val_top1"]) <= 100 for r in epoch_rows)
+    assert all(r["val_top1"] != "" and 0 <= float(r["val_top1"]) <= 1 for r in epoch_rows)  # fractions
     assert [int(r["step"]) for r in rows if r["kind"] == "train"] == list(range(1, 13))
     # run folder: exact config, checkpoint loadable with weights_only, validation results
-    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert load_config(tmp_path / "run" / "config.yaml") == named(cfg)  # + the names the data gave (issue 11)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 12 and ckpt["epoch"] == 3 and ckpt["step_in_epoch"] == 0
     assert torch.equal(ckpt["model"]["head.weight"], after["head.weight"])
@@ -281,7 +287,7 @@ def test_a_finished_run_is_refused_without_resume_and_overwritten_with_force(tmp
     steps = result["steps_per_epoch"]
     assert result["finished"] and load_checkpoint(run / "checkpoint.pt")["global_step"] == steps
     assert [int(r["step"]) for r in read_log(run) if r["kind"] == "train"] == list(range(1, steps + 1))
-    assert load_config(run / "config.yaml") == again
+    assert load_config(run / "config.yaml") == named(again)
     assert not (run / "results").exists()  # the previous run's results went with it: no mixed folder
     with pytest.raises(ValueError, match="exclude each other"):
         train(again, resume=True, force=True, train_set=NoisyClips(28))

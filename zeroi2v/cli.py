@@ -97,17 +97,34 @@ def _add_eval(sub):
 
 
 def _load_any(a):
-    """A merged checkpoint directory, or the model of a training run folder."""
+    """A merged checkpoint directory, or the model of a training run folder; its ``cfg.class_names`` are the
+    names the checkpoint records (a merged checkpoint's "class_names" entry first)."""
     if getattr(a, "checkpoint", None):
-        from zeroi2v.merge import load_merged
-        return load_merged(a.checkpoint)
+        from zeroi2v.merge import load_merged, read_merged_config
+        model = load_merged(a.checkpoint)
+        model.cfg.class_names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names
+        return model
     from zeroi2v.run_folder import load_run
     return load_run(a.run)
 
 
+def _shown_names(model, where: str, found=None) -> list[str]:
+    """The names ``eval`` and ``predict`` show: the model's, else those of the data (``found``), else
+    'class N' (said once, on stderr)."""
+    from zeroi2v.evaluate import class_labels
+    from zeroi2v.run_folder import class_names_for
+    n = model.head.out_features
+    names = model.cfg.class_names or (class_names_for(None, found, n) if found and len(found) <= n else None)
+    if not names:
+        print(f"[zeroi2v] note: {where} records no class names, so classes show as 'class N' (a run records the "
+              f"names of its training annotation: set data.format_args.classes or model.class_names and train "
+              f"again)", file=sys.stderr)
+    return class_labels(names, n)
+
+
 def cmd_eval(a):
     from zeroi2v.config import load_config
-    from zeroi2v.evaluate import evaluate, save_results
+    from zeroi2v.evaluate import accuracy_lines, evaluate, save_results
     from zeroi2v.data.build import build_datasets
     cfg = load_config(a.config, a.overrides)
     model = _load_any(a)
@@ -115,10 +132,11 @@ def cmd_eval(a):
     dataset = test_set or val_set
     if dataset is None:
         raise ValueError("the config names no test_ann or val_ann to evaluate on")
+    names = _shown_names(model, a.checkpoint or a.run, getattr(dataset, "classes", None))
     results = evaluate(model, dataset, num_classes=model.head.out_features, batch_size=cfg.test.batch_size)
     out = Path(a.out or (a.checkpoint or a.run)) / "eval"
-    save_results(results, out, getattr(dataset, "classes", None) or model.cfg.class_names)
-    print(json.dumps({k: results[k] for k in ("top1", "top5") if k in results}, indent=1), f"\nresults in {out}")
+    save_results(results, out, names)
+    print("\n".join(accuracy_lines(results, names)), f"\nresults in {out}")
 
 
 def _add_merge(sub):
@@ -138,6 +156,7 @@ def cmd_merge(a):
     from zeroi2v.run_folder import load_run
     model = load_run(a.run)
     merged = merge_adapters(model)
+    _shown_names(model, a.run)  # says so when the run has no names
     save_merged(merged, a.out, extra={"class_names": model.cfg.class_names})
     print(f"merged checkpoint written to {a.out}")
     if a.verify:
@@ -171,8 +190,8 @@ def cmd_predict(a):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1 ({what}), got {value}")
     model = load_merged(a.checkpoint)
-    names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names \
-        or [f"class {i}" for i in range(model.head.out_features)]
+    model.cfg.class_names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names
+    names = _shown_names(model, a.checkpoint)
     out, failed = {}, 0
     for path in a.videos:
         error = None

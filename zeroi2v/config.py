@@ -44,7 +44,7 @@ class DataConfig:
     (one folder per class)."""
     format_args: dict = field(default_factory=dict)
     """Extra keyword arguments for the format reader, e.g. ``{split: 1}`` for UCF101/HMDB51 or
-    ``{labels: /data/ssv2/labels.json}`` for SSv2."""
+    ``{labels_json: /data/ssv2/labels.json}`` for SSv2."""
     root: str | None = None
     """Folder the video paths of the annotation files are relative to (None: paths are used as written)."""
     train_ann: str | None = None

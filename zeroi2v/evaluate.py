@@ -3,8 +3,9 @@
 A test item holds V views of one video (V = temporal clips × spatial crops), shape (V, C, T, H, W); a
 single view (C, T, H, W) is V = 1. Every view runs through the model, each view's logits become
 probabilities (softmax) and the video's prediction is their mean, as in the paper. Accuracies are
-percentages (0-100). The model only needs ``forward`` (B, C, T, H, W) -> logits, so an unmerged
-ZeroI2V, a merged one and any other video classifier are evaluated the same way.
+fractions (0-1) everywhere: metrics, results JSON, ``log.csv``, printed lines ("top-1 0.604"). The model
+only needs ``forward`` (B, C, T, H, W) -> logits, so an unmerged ZeroI2V, a merged one and any other video
+classifier are evaluated the same way.
 
 Under ``torchrun`` every process evaluates its shard and the probabilities are gathered, de-duplicated
 by sample index (the sampler pads shards to equal length) and scored once.
@@ -27,12 +28,12 @@ from zeroi2v.files import atomic_write_text
 
 
 def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    """Percentage of rows whose label is among the ``k`` highest scores (k capped at the class count)."""
+    """Fraction (0-1) of rows whose label is among the ``k`` highest scores (k capped at the class count)."""
     if len(labels) == 0:
         return float("nan")
     k = max(1, min(k, probs.shape[1]))
     topk = probs.topk(k, dim=1).indices
-    return (topk == labels[:, None]).any(dim=1).float().mean().item() * 100.0
+    return (topk == labels[:, None]).any(dim=1).float().mean().item()
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -42,14 +43,14 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
-    """Recall of every class in percent (NaN for a class without samples)."""
+    """Recall of every class as a fraction (NaN for a class without samples)."""
     total = confusion.sum(dim=1).double()
     correct = confusion.diagonal().double()
-    return [(c / t * 100.0).item() if t > 0 else float("nan") for c, t in zip(correct, total)]
+    return [(c / t).item() if t > 0 else float("nan") for c, t in zip(correct, total)]
 
 
 def metrics_from_probs(probs: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict[str, Any]:
-    """top-1, top-5, per-class and mean-class accuracy and the confusion matrix of (N, K) probabilities."""
+    """top-1, top-5, per-class and mean-class accuracy (fractions) and the confusion matrix of (N, K) probabilities."""
     num_classes = num_classes or probs.shape[1]
     probs, labels = probs.float().cpu(), labels.long().cpu()
     if probs.ndim != 2 or probs.shape[1] != num_classes or probs.shape[0] != labels.shape[0]:
@@ -182,7 +183,7 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, num_classes: int | None
         max_views_per_forward: split a batch's B × V clips into forward passes of at most this many.
         progress: show a tqdm bar.
 
-    Returns a dict: top1, top5 (top5_k = min(5, classes)), mean_class_accuracy, per_class_accuracy
+    Returns a dict: top1, top5 (top5_k = min(5, classes)), mean_class_accuracy, per_class_accuracy (fractions)
     (list, NaN for absent classes), confusion (tensor, rows = true class), num_samples, num_classes,
     decode_failures, and probs (N, K), labels (N,), indices (N,) ordered by sample index.
     Under torch.distributed with a Dataset, every rank gets the same gathered result.
@@ -210,13 +211,37 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, num_classes: int | None
     return results
 
 
+def class_labels(names: Sequence[Any] | None, num_classes: int) -> list[str]:
+    """What ``predict``, ``eval`` and the demo show for each of the ``num_classes`` outputs: the recorded
+    names (``model.class_names``), 'class N' past their end or when there are none."""
+    shown = [str(n) for n in names or ()][:num_classes]
+    return shown + [f"class {i}" for i in range(len(shown), num_classes)]
+
+
+def _fraction(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def accuracy_lines(results: dict[str, Any], class_names: Sequence[str] | None = None, max_classes: int = 30
+                   ) -> list[str]:
+    """Printed accuracies, labelled fractions: "top-1 0.604  top-5 0.912  mean class 0.598 on 40 videos",
+    then one line per class (name and accuracy) when there are at most ``max_classes``."""
+    data = summary(results, class_names)
+    lines = [f"top-1 {_fraction(data['top1'])}  top-{data['top5_k']} {_fraction(data['top5'])}  mean class "
+             f"{_fraction(data['mean_class_accuracy'])} on {data['num_samples']} videos (fractions)"]
+    if data["num_classes"] <= max_classes:
+        lines += [f"  {_fraction(a):>5}  {name}" for name, a in data["per_class_accuracy"].items()]
+    return lines
+
+
 def summary(results: dict[str, Any], class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The JSON-able part of ``evaluate``'s results (NaN becomes null; per-class keyed by name)."""
+    """The JSON-able part of ``evaluate``'s results (fractions to 6 decimals, NaN becomes null; per-class keyed
+    by name, 'class N' without names)."""
     def clean(x: float) -> float | None:
-        return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
 
     k = results["num_classes"]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    names = [str(n) for n in class_names] if class_names is not None else class_labels(None, k)
     if len(names) != k:
         raise ValueError(f"{len(names)} class names for {k} classes")
     return {
@@ -240,7 +265,7 @@ def save_results(results: dict[str, Any], folder: str | Path, class_names: Seque
     atomic_write_text(json_path, json.dumps(data, indent=2))
     png_path = folder / f"{name}_confusion.png"
     plot_confusion(torch.as_tensor(results["confusion"]), data["class_names"], png_path,
-                   title=f"top-1 {data['top1']}%  ({data['num_samples']} videos)")
+                   title=f"top-1 {_fraction(data['top1'])}  ({data['num_samples']} videos)")
     return {"json": json_path, "png": png_path}
 
 

@@ -131,7 +131,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     models = {name: model for name, (model, _) in trained.items()}
     results = {name: result for name, (_, result) in trained.items()}
     for name, result in results.items():
-        log(f"[quickstart]   {name}: test top-1 {result['top1'] / 100:.3f}")
+        log(f"[quickstart]   {name}: test top-1 {result['top1']:.3f}")
 
     # 4. merge, test, measure
     from zeroi2v.bench import zero_cost_report
@@ -196,8 +196,8 @@ def _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff,
     """The report: top-1 per run and per kind of class, merge exactness, params, GFLOPs, latency, CAMs."""
     by_kind = {name: _by_kind(res, classes, kinds) for name, res in {**results, "zeroi2v_merged": merged_result}.items()}
     report = {
-        "top1": {"zeroi2v": results["zeroi2v"]["top1"] / 100, "zeroi2v_merged": merged_result["top1"] / 100,
-                 "linear_probe": results["linear_probe"]["top1"] / 100, "no_stdha": results["no_stdha"]["top1"] / 100},
+        "top1": {"zeroi2v": results["zeroi2v"]["top1"], "zeroi2v_merged": merged_result["top1"],
+                 "linear_probe": results["linear_probe"]["top1"], "no_stdha": results["no_stdha"]["top1"]},
         "top1_by_kind": by_kind,
         "merge": {"max_abs_logit_diff": max_diff, "prediction_agreement": agreement},
         "params": {"plain": eff["params"]["plain"], "merged": eff["params"]["merged"],

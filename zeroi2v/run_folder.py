@@ -29,7 +29,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -55,9 +55,11 @@ HARMLESS = frozenset({
     # bookkeeping: logs, progress, checkpoints, when to stop or validate, and the folder itself (it may move)
     "train.log_every", "train.eval_every", "train.save_every", "train.save_every_steps", "train.max_steps",
     "train.out_dir", "train.progress",
+    # labels for display: a run records the names it found in its training annotation (``zeroi2v.train``)
+    "model.class_names",
 })
-"""Settings a resume may change. Every other key is run-defining: all of ``model.*`` (the network and its
-weights), the data format and how clips are sampled and augmented (``data.format``, ``format_args``,
+"""Settings a resume may change. Every other key is run-defining: all of ``model.*`` but its class names (the
+network and its weights), the data format and how clips are sampled and augmented (``data.format``, ``format_args``,
 ``sampler``, ``num_frames``, ``interval``, ``size``, ``short_side``, ``randaugment``, ``flip``,
 ``flip_label_map``, ``random_erasing``), all of ``optim.*`` (learning rate, schedule, epochs, loss) and
 ``train.batch_size``, ``train.total_batch``, ``train.amp``, ``train.seed``. A key added to the config later is
@@ -78,12 +80,20 @@ def prior_work(folder: Path, cfg: Config) -> list[str]:
     config = folder / "config.yaml"
     if config.is_file():
         try:
-            same = yaml.safe_load(config.read_text()) == cfg.to_dict()
+            same = _without_names(yaml.safe_load(config.read_text())) == _without_names(cfg.to_dict())
         except (yaml.YAMLError, UnicodeDecodeError):
             same = False
         if not same:
             found.append("config.yaml of another config")
     return found
+
+
+def _without_names(d: Any) -> Any:
+    """A config's data without ``model.class_names``: a run fills them in from its annotation, so a config
+    without them is the same run."""
+    if isinstance(d, dict) and isinstance(d.get("model"), dict):
+        d = {**d, "model": {k: v for k, v in d["model"].items() if k != "class_names"}}
+    return d
 
 
 def check_fresh_start(folder: Path, cfg: Config, force: bool, resume: bool) -> list[str]:
@@ -160,6 +170,25 @@ def start_run(folder: Path, cfg: Config, resumed: bool, previous: list[str]) -> 
     save_config(cfg, folder / ("config.resumed.yaml" if resumed else "config.yaml"))
 
 
+def class_names_for(explicit: Sequence[str] | None, found: Sequence[str] | None, num_classes: int
+                    ) -> list[str] | None:
+    """The class names a run records (``model.class_names`` in ``config.yaml`` and ``checkpoint.pt``, then
+    in merged checkpoints): ``explicit`` (the config's ``model.class_names``) when given, which must hold one
+    name per class; else ``found``, the training annotation's (class-index files, label maps, folder names,
+    ``data.format_args.classes``), padded with 'class N' for outputs the data does not use. Names that are only
+    the label numbers ('0', '1', ...: an mmaction list without ``classes``) are no names: None."""
+    if explicit:
+        if len(explicit) != num_classes:
+            raise ValueError(f"model.class_names has {len(explicit)} name{'s' * (len(explicit) != 1)} but the model "
+                             f"has {num_classes} classes (model.num_classes): list one name per class, in label "
+                             f"order, or remove model.class_names to take the names from the training annotation")
+        return [str(n) for n in explicit]
+    found = [str(n) for n in found or ()]
+    if not found or found == [str(i) for i in range(len(found))]:
+        return None
+    return found + [f"class {i}" for i in range(len(found), num_classes)]
+
+
 def add_run_folder_arguments(parser) -> None:
     """--resume | --force, for ``zeroi2v train``."""
     group = parser.add_mutually_exclusive_group()
@@ -234,7 +263,8 @@ def load_run(run: str | Path):
     """The trained model of a run folder, in eval mode, from the folder alone: ``checkpoint.pt`` holds the
     weights, the config and the backbone's architecture, so a ``local-dir:`` backbone that has moved or a
     hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded look the
-    backbone's config up by the name in the run's config)."""
+    backbone's config up by the name in the run's config). Its ``cfg.class_names`` are the run's (checkpoints
+    from before runs recorded them: read again from the run's training annotation when it is still there)."""
     from zeroi2v.model import ModelConfig, build_from_backbone_cfg
     run = Path(run)
     path = run / CHECKPOINT
@@ -246,6 +276,8 @@ def load_run(run: str | Path):
             else _run_config(run).model
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} holds a model config this version cannot read ({e})") from e
+    if cfg.class_names is None:  # a run from before runs recorded their class names
+        cfg.class_names = _annotation_names(ckpt.get("config"), cfg.num_classes)
     model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
     try:
         model.load_state_dict(ckpt["model"])
@@ -253,6 +285,24 @@ def load_run(run: str | Path):
         raise ValueError(f"{path}: its weights do not fit its model config "
                          f"({' '.join(str(e).split())[:300]})") from e
     return model.eval()
+
+
+def _annotation_names(config: Any, num_classes: int) -> list[str] | None:
+    """The class names of a run's training annotation (``data`` of its config), read again; None when it
+    has none or cannot be read any more (the run then shows 'class N')."""
+    from zeroi2v.data.build import _ANNOTATION_ARG
+    from zeroi2v.data.formats import read_annotation
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or not data.get("train_ann") or data.get("format") not in _ANNOTATION_ARG:
+        return None
+    kwargs = {_ANNOTATION_ARG[data["format"]]: data["train_ann"], **(data.get("format_args") or {})}
+    if data["format"] in ("ucf101", "hmdb51"):
+        kwargs.setdefault("subset", "train")
+    try:
+        found = read_annotation(data["format"], **kwargs).classes
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return class_names_for(None, found, num_classes) if len(found) <= num_classes else None
 
 
 def _run_config(run: Path) -> Config:

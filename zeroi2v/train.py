@@ -42,11 +42,11 @@ from zeroi2v.config import Config, ModelConfig
 from zeroi2v.data.build import ShardLoader, build_datasets
 from zeroi2v.data.dataset import batch_failures, describe_failures
 from zeroi2v.distributed import DistEnv, init_distributed, rng_states, seed_everything
-from zeroi2v.evaluate import _split_batch, evaluate, save_results, summary
+from zeroi2v.evaluate import _split_batch, accuracy_lines, evaluate, save_results, summary
 from zeroi2v.model import create_model
 from zeroi2v.optim import build_optimiser
 from zeroi2v.run_folder import (CHECKPOINT, Position, RunLog, check_resume, check_run_folder, checkpoint_state,
-                                fact_changes, load_checkpoint, restore, save_checkpoint, start_run)
+                                class_names_for, fact_changes, load_checkpoint, restore, save_checkpoint, start_run)
 
 Callback = Callable[[str, dict], None]
 """``callback(event, info)``; events: 'step' (after every optimiser step: epoch, step, global_step, loss,
@@ -118,6 +118,7 @@ class _Run:
         ckpt = load_checkpoint(self.ckpt_path) if resume and self.ckpt_path.is_file() else None
         previous = check_run_folder(out, cfg, ckpt, resume, force, say)
         self.model, self.sets, self.num_classes = _model_and_data(cfg, env, model, sets)
+        self.cfg = cfg = _with_class_names(cfg, self.model, self.sets[0], self.num_classes, say)
         # accum: micro-batches per optimiser step
         self.loader, self.accum, self.steps_per_epoch = _loader(cfg, env, self.sets[0], say)
         if ckpt is not None:
@@ -260,7 +261,7 @@ class _Run:
                        lr=f"{row['lr']:.6g}", val_top1=row.get("val_top1"), val_top5=row.get("val_top5"),
                        clips_per_s=round(row["clips_per_s"], 2), decode_failures=int(failures),
                        time_s=round(seconds, 3))
-        val_text = f", val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
+        val_text = f", val top-1 {row['val_top1']:.3f}" if "val_top1" in row else ""
         self.say(f"[zeroi2v] epoch {done}/{o.epochs}: loss {row['loss']:.4f}{val_text}, "
                  f"{row['clips_per_s']:.1f} clips/s, {describe_failures(files, failures)}")
         if done % t.save_every == 0 or done == o.epochs:
@@ -284,18 +285,16 @@ class _Run:
     def finish(self, stopped: bool) -> dict[str, Any]:
         """After the last epoch: the validation results, then the full multi-view test; the run's summary
         (``decode_failures``: distinct files that failed in the run, ``undecodable_files``: which)."""
-        cfg, history, (train_set, val_set, test_set) = self.cfg, self.at.history, self.sets
+        cfg, history, (_, val_set, test_set) = self.cfg, self.at.history, self.sets
         finished = not stopped and bool(history) and history[-1]["epoch"] == cfg.optim.epochs
-        class_names = _class_names(train_set, getattr(self.model, "cfg", None) and self.model.cfg.class_names,
-                                   cfg.model.class_names)
+        class_names = cfg.model.class_names
         results: dict[str, Any] = {}
         if finished and self.last_val is not None:
             results["val"] = self.results(self.last_val, class_names, "val")
         if finished and test_set is not None:
             test = self.last_val if test_set is val_set and self.last_val is not None else self.validate(test_set)
             results["test"] = self.results(test, class_names, "test")
-            self.say(f"[zeroi2v] test: top-1 {test['top1']:.2f}%, top-{test['top5_k']} {test['top5']:.2f}% on "
-                     f"{test['num_samples']} videos")
+            self.say("[zeroi2v] test: " + "\n".join(accuracy_lines(test, _fitting(class_names, test))))
         self.log.close()
         self.model.eval()
         files = list(dict.fromkeys(f for row in history for f in row.get("undecodable_files", ())))
@@ -308,10 +307,15 @@ class _Run:
 
     def results(self, results: dict[str, Any], class_names: list[str] | None, name: str) -> dict[str, Any]:
         """Save ``results`` as ``results/<name>.json`` + confusion matrix (rank 0); returns their summary."""
-        names = class_names if class_names is not None and len(class_names) == results["num_classes"] else None
+        names = _fitting(class_names, results)
         if self.env.main:
             save_results(results, self.ckpt_path.parent / "results", names, name=name)
         return summary(results, names)
+
+
+def _fitting(class_names: list[str] | None, results: dict[str, Any]) -> list[str] | None:
+    """``class_names`` when they name every class of ``results``, else None (numbered)."""
+    return class_names if class_names is not None and len(class_names) == results["num_classes"] else None
 
 
 def _model_and_data(cfg: Config, env: DistEnv, model: nn.Module | None, sets: tuple) -> tuple[nn.Module, tuple, int]:
@@ -381,12 +385,21 @@ def _all_names(env: DistEnv, names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _class_names(*candidates: Any) -> list[str] | None:
-    for c in candidates:
-        names = c if isinstance(c, (list, tuple)) else getattr(c, "classes", None)
-        if names:
-            return list(names)
-    return None
+NO_NAMES = ("[zeroi2v] note: no class names: the training annotation gives only label numbers and model.class_names "
+            "is not set, so predict, eval and the demo show 'class N'. Name the classes with "
+            "data.format_args.classes (a file, one name per line, or a list) or model.class_names")
+
+
+def _with_class_names(cfg: Config, model: nn.Module, train_set: Dataset, num_classes: int,
+                      say: Callable[..., None]) -> Config:
+    """``cfg`` (and the model's own config) with the run's class names (``class_names_for``); says once when
+    there are none."""
+    names = class_names_for(cfg.model.class_names, getattr(train_set, "classes", None), num_classes)
+    if names is None:
+        say(NO_NAMES)
+    if isinstance(getattr(model, "cfg", None), ModelConfig):
+        model.cfg = dataclasses.replace(model.cfg, class_names=names)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_names=names))
 
 
 if __name__ == "__main__":  # the command line is `zeroi2v train` (zeroi2v.cli); an old command must not pass silently

@@ -131,10 +131,12 @@ class DemoBackend:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = read_merged_config(self.checkpoint_dir)
         self.model = load_merged(self.checkpoint_dir).eval()
-        names = self.config.get("class_names") or self.model.cfg.class_names
-        n = self.model.head.out_features
-        self.class_names = [str(c) for c in names][:n] if names else [f"class {i}" for i in range(n)]
-        self.class_names += [f"class {i}" for i in range(len(self.class_names), n)]
+        from zeroi2v.evaluate import class_labels
+        # the names the checkpoint records ("class_names", else model.class_names); 'class N' without them
+        self.model.cfg.class_names = self.config.get("class_names") or self.model.cfg.class_names
+        self.class_names = class_labels(self.model.cfg.class_names, self.model.head.out_features)
+        if not self.model.cfg.class_names:
+            log.warning("%s records no class names; classes show as 'class N'", self.checkpoint_dir)
         self.examples = find_examples(self.checkpoint_dir, self.config)
         self.facts = facts_markdown(self.model, self.config)
         self._lock = threading.Lock()  # the CAM hooks the model: one model pass at a time
