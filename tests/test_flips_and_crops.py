@@ -24,7 +24,7 @@ def videos(tmp_path_factory):
     return out
 
 
-def _train_set(videos, *overrides, classes_file=None):
+def _train_set(videos, *overrides):
     cfg = load_config(None, ["model.backbone=zeroi2v-micro", "model.num_frames=4", "model.num_classes=3",
                              "model.offsets=1x1,-1x1", "data.workers=0", f"data.root={videos}",
                              f"data.train_ann={videos}/train.txt",
@@ -56,6 +56,9 @@ def test_flip_label_map_errors_name_the_key_and_the_name(videos, tmp_path):
         load_config(None, ["data.flip_label_map=[[move_left]]"])
     with pytest.raises(FileNotFoundError, match=r"data\.flip_label_map.*nowhere\.txt"):
         _train_set(videos, f"data.flip_label_map={tmp_path / 'nowhere.txt'}")
+    (tmp_path / "typo.txt").write_text("move_left,move_rihgt\n")
+    with pytest.raises(ValueError, match=r"data\.flip_label_map \(.*typo\.txt\): 'move_rihgt' is not a class"):
+        _train_set(videos, f"data.flip_label_map={tmp_path / 'typo.txt'}")
     (tmp_path / "bad.txt").write_text("move_left move_right\n")
     with pytest.raises(ValueError, match=r"bad\.txt:1 .*comma or a tab"):
         _train_set(videos, f"data.flip_label_map={tmp_path / 'bad.txt'}")

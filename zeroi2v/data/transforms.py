@@ -217,7 +217,7 @@ def resolve_flip_label_map(spec, classes: Sequence[str], key: str = "data.flip_l
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"{key}: {spec!r} is neither 'ssv2', 'none' nor an existing file of class-name "
                                     f"pairs; fix the path or write the pairs in the config ([[left, right]])")
-        spec = read_flip_pairs(spec)
+        spec, key = read_flip_pairs(spec), f"{key} ({spec})"
     index = {str(name): i for i, name in enumerate(classes)}
     out: dict[int, int] = {}
     for pair in spec:
@@ -226,8 +226,9 @@ def resolve_flip_label_map(spec, classes: Sequence[str], key: str = "data.flip_l
         unknown = [str(n) for n in pair if str(n) not in index]
         if unknown:
             shown = ", ".join(list(index)[:12]) + (", ..." if len(index) > 12 else "")
-            raise ValueError(f"{key}: {unknown[0]!r} is not a class of the training set (classes: {shown}); "
-                             f"fix the name")
+            fix = ("the training set's classes have no names: give them (data.format_args.classes) or write "
+                   "labels" if all(str(c).isdigit() for c in classes) else "fix the name")
+            raise ValueError(f"{key}: {unknown[0]!r} is not a class of the training set (classes: {shown}); {fix}")
         a, b = (index[str(n)] for n in pair)
         out[a], out[b] = b, a
     return out
