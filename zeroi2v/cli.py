@@ -83,6 +83,29 @@ def cmd_train(a):
     return 0 if result.get("finished") or result.get("stopped_at_max_steps") else 1
 
 
+def _add_init(sub):
+    p = sub.add_parser("init", help="write a commented starter config for your own clips",
+                       description="Look at your clips (a folder per class, or an mmaction list `path label` "
+                                   "with a classes.txt beside it) and write a short, commented config that "
+                                   "inherits the paper's recipe: classes and clips counted, class names filled in, "
+                                   "the sampler chosen from clip lengths, crops sized for the backbone, flips off "
+                                   "for directional classes. Every key is documented in zeroi2v/config.py; "
+                                   "`zeroi2v config show OUT` prints it resolved.")
+    p.add_argument("--data", required=True, help="a folder per class (DIR/<class>/*.mp4, or DIR/train/<class>/... "
+                                                 "with DIR/val) or an mmaction list file")
+    p.add_argument("--format", choices=("folder", "mmaction"), default=None, help="the layout (default: detected)")
+    p.add_argument("--backbone", default="ViT-B-16", help="image backbone (default: ViT-B-16, CLIP weights)")
+    p.add_argument("--out", default="zeroi2v.yaml", help="config file to write (default: zeroi2v.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_init)
+
+
+def cmd_init(a):
+    from zeroi2v.init import write_starter_config
+    out = write_starter_config(a.data, a.out, format=a.format, backbone=a.backbone, force=a.force)
+    print(f"starter config written to {out}; check it with `zeroi2v config show {out}`, then `zeroi2v train {out}`")
+
+
 def _add_eval(sub):
     p = sub.add_parser("eval", help="multi-view test of a merged checkpoint or a training run",
                        description="Evaluate on the config's test (or validation) list with clips x crops "
@@ -291,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "video at zero extra inference cost.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in (_add_make_synthetic, _add_pretrain_image, _add_train, _add_eval, _add_merge, _add_predict,
+    for add in (_add_make_synthetic, _add_pretrain_image, _add_init, _add_train, _add_eval, _add_merge, _add_predict,
                 _add_config, _add_bench, _add_quickstart, _add_demo):
         add(sub)
     return parser

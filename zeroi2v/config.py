@@ -31,7 +31,11 @@ from zeroi2v.model_config import (CLIP_MEAN, CLIP_STD, FINETUNE_MODES, ModelConf
 SAMPLERS = ("uniform", "dense")
 AMP_MODES = ("none", "bf16", "fp16")
 ON_MISSING = ("drop", "error")
-FLIP_LABEL_MAPS = ("ssv2",)
+FLIP_LABEL_MAPS = ("ssv2", "none")
+FLIP_PAIR_FILES = (".txt", ".tsv", ".csv", ".yaml", ".yml", ".json")
+"""The endings of a ``data.flip_label_map`` file of class-name pairs."""
+PAPER_RESIZE = 256 / 224
+"""The paper's short side over its crop size (frames resized to 256, cropped to 224)."""
 
 
 @dataclass
@@ -62,14 +66,25 @@ class DataConfig:
     """Dense sampling: take every ``interval``-th frame (paper: 16 for 8 frames, 8 for 16, 4 for 32)."""
     size: int | None = None
     """Crop size fed to the model; None: the backbone's image size (224 for ViT-B/16 and ViT-L/14)."""
-    short_side: int = 256
-    """Frames are resized so their short side is this many pixels before cropping."""
+    short_side: int | None = None
+    """Frames are resized so their short side is this many pixels before the random crop; None: derived
+    from the crop size with the paper's ratio, size × 256/224 (256 for 224, 37 for a 32-pixel backbone)."""
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    """RandomResizedCrop's area range (min, max), as fractions of the resized frame: 0 < min <= max <= 1
+    ([1, 1]: always the whole frame, only resized to ``size``)."""
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    """RandomResizedCrop's aspect-ratio range (min, max) of the crop box before it is resized to a square:
+    0 < min <= max."""
     randaugment: tuple[int, int] | None = (7, 4)
     """RandAugment (magnitude, num_ops), the same ops for every frame of a clip; None: off."""
     flip: float = 0.5
     """Probability of a horizontal flip of the whole clip while training."""
-    flip_label_map: str | None = None
-    """Labels swapped by a flip: 'ssv2' (left/right classes 86↔87, 93↔94, 166↔167) or None."""
+    flip_label_map: Any = None
+    """Classes a horizontal flip turns into each other (the flipped clip takes the other label): 'ssv2'
+    (classes 86↔87, 93↔94, 166↔167), a list of class-name pairs (``[[move_left, move_right], [rotate_cw,
+    rotate_ccw]]``, names of the training set's classes), the path of a file of such pairs (one pair per line,
+    the two names separated by a comma or a tab; or a .yaml/.json list of pairs), or None / 'none' (no label
+    changes). With ``flip > 0``, no map and class names that look directional, training warns once."""
     random_erasing: float = 0.0
     """Probability of random erasing per clip (paper: 0.25 for SSv2, 0 elsewhere)."""
     on_missing: str = "drop"
@@ -184,6 +199,10 @@ class Config:
     def num_frames(self) -> int:
         return self.data.num_frames or self.model.num_frames
 
+    def short_side_for(self, size: int) -> int:
+        """``data.short_side``, or derived from the crop ``size`` with the paper's ratio when it is None."""
+        return self.data.short_side or round(size * PAPER_RESIZE)
+
     def validate(self) -> "Config":
         """Cross-field checks; raises ValueError with the offending key."""
         d, o, t, s = self.data, self.optim, self.train, self.test
@@ -191,12 +210,17 @@ class Config:
         _choice("data.on_missing", d.on_missing, ON_MISSING)
         _choice("train.amp", t.amp, AMP_MODES)
         _choice("train.device", t.device, ("auto", "cpu", "cuda"))
-        if d.flip_label_map is not None:
-            _choice("data.flip_label_map", d.flip_label_map, FLIP_LABEL_MAPS)
+        _check_flip_label_map(d.flip_label_map)
+        lo, hi = d.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}")
+        lo, hi = d.crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.crop_ratio must be [min, max] with 0 < min <= max, got {list(d.crop_ratio)}")
         if d.num_frames is not None and d.num_frames != self.model.num_frames:
             raise ValueError(f"data.num_frames={d.num_frames} differs from model.num_frames="
                              f"{self.model.num_frames}; set one (data.num_frames may be null)")
-        for key, value, low in (("data.interval", d.interval, 1), ("data.short_side", d.short_side, 1),
+        for key, value, low in (("data.interval", d.interval, 1), ("data.short_side", 1 if d.short_side is None else d.short_side, 1),
                                 ("data.workers", d.workers, 0), ("optim.epochs", o.epochs, 1),
                                 ("train.batch_size", t.batch_size, 1), ("train.total_batch", t.total_batch, 1),
                                 ("train.log_every", t.log_every, 1), ("train.eval_every", t.eval_every, 0),
@@ -217,6 +241,24 @@ class Config:
             raise ValueError(f"train.max_steps must be >= 1 or null, got {t.max_steps}")
         check_model_config(self.model)
         return self
+
+
+def _check_flip_label_map(value: Any) -> None:
+    """The shape of ``data.flip_label_map`` (its names are checked against the training classes when the
+    training set is built, ``zeroi2v.data.transforms.resolve_flip_label_map``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in FLIP_LABEL_MAPS):
+        return
+    if isinstance(value, str):
+        if not value.lower().endswith(FLIP_PAIR_FILES):
+            raise ValueError(f"data.flip_label_map must be one of {list(FLIP_LABEL_MAPS)}, null, a list of class-name "
+                             f"pairs like [[left, right]] or the path of a file of pairs "
+                             f"({', '.join(FLIP_PAIR_FILES)}); got {value!r}")
+        return
+    pairs = value if isinstance(value, (list, tuple)) else None
+    bad = next((p for p in pairs if not (isinstance(p, (list, tuple)) and len(p) == 2)), None) if pairs is not None else value
+    if pairs is None or bad is not None:
+        raise ValueError(f"data.flip_label_map must be 'ssv2', null, a list of class-name pairs like "
+                         f"[[left, right]] or the path of a file of pairs; got {bad!r}")
 
 
 def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:

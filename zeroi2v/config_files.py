@@ -1,7 +1,8 @@
 """Config files: YAML that inherits (``base:``), ``--set`` overrides, and typed merging with OmegaConf.
 
-A config file may start with ``base: other.yaml`` (a path relative to the file): it then holds only what
-differs from its base. Mappings merge key by key, the child winning; a mapping with a ``kind`` (a temporal
+A config file may start with ``base: other.yaml`` (a path relative to the file, or ``zeroi2v:configs/...``
+for a file shipped inside the package, e.g. ``zeroi2v:configs/base/clip_vit_b16.yaml``, the paper's recipe,
+which a pip install has too): it then holds only what differs from its base. Mappings merge key by key, the child winning; a mapping with a ``kind`` (a temporal
 operator, an adapter) whose child names another kind is replaced whole, since its keys belong to the
 kind. ``--set key.sub=value`` overrides apply last, their values read as YAML scalars (``1e-4``, ``null``,
 ``[9, 2]``; ``9,2`` for a list field).
@@ -22,6 +23,9 @@ from typing import Any, Sequence
 import yaml
 
 BASE_KEY = "base"
+PACKAGE_PREFIX = "zeroi2v:"
+"""A ``base:`` that starts with this names a file inside the installed package (``zeroi2v/configs/...``)."""
+PACKAGE_DIR = Path(__file__).resolve().parent
 NULLS = ("null", "none", "~", "")
 
 
@@ -59,16 +63,32 @@ def read_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
         return data
     base = data.pop(BASE_KEY)
     if not isinstance(base, str) or not base.strip():
-        raise ValueError(f"{path}: '{BASE_KEY}' must be the path of another config file (relative to this one)")
-    base_path = (path.parent / base).resolve()
+        raise ValueError(f"{path}: '{BASE_KEY}' must be the path of another config file (relative to this one, "
+                         f"or {PACKAGE_PREFIX}configs/... for one shipped with the package)")
+    base_path = _base_path(path, base)
     chain = (*_seen, path.resolve())
     if base_path in chain:
         loop = " -> ".join(str(p) for p in (*chain, base_path))
         raise ValueError(f"{path}: '{BASE_KEY}: {base}' makes a cycle ({loop}); remove one of the base: lines")
     if not base_path.is_file():
+        where = ("the installed zeroi2v package; packaged bases: " + ", ".join(packaged_bases())
+                 if base.startswith(PACKAGE_PREFIX) else f"{path.parent}")
         raise FileNotFoundError(f"{path}: '{BASE_KEY}: {base}' names {base_path}, which does not exist; "
-                                f"fix the path (it is relative to {path.parent})")
+                                f"fix the path (it is relative to {where})")
     return merge_data(read_chain(base_path, chain), data)
+
+
+def _base_path(path: Path, base: str) -> Path:
+    """The file a ``base:`` names: relative to the config's folder, or inside the installed package when it
+    starts with ``zeroi2v:`` (``zeroi2v:configs/base/clip_vit_b16.yaml``, which a pip install also has)."""
+    if base.startswith(PACKAGE_PREFIX):
+        return (PACKAGE_DIR / base[len(PACKAGE_PREFIX):].lstrip("/")).resolve()
+    return (path.parent / base).resolve()
+
+
+def packaged_bases() -> list[str]:
+    """The ``base:`` values of the configs shipped inside the package."""
+    return sorted(f"{PACKAGE_PREFIX}{p.relative_to(PACKAGE_DIR).as_posix()}" for p in PACKAGE_DIR.glob("configs/**/*.yaml"))
 
 
 def merge_data(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from zeroi2v.data.dataset import VideoDataset
 from zeroi2v.data.formats import read_annotation
 from zeroi2v.data.views import make_sampler
 from zeroi2v.data.synthetic import flip_label_map, make_synthetic_images, make_synthetic_videos
-from zeroi2v.data.transforms import TestTransform, TrainTransform
 from zeroi2v.model import ModelConfig
 
 
@@ -115,8 +114,6 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     kinds = json.loads((video_dir / "kinds.json").read_text())
 
     # 3. three runs from the same frozen image model
-    with _stage(timings, "decode videos", log):
-        train_set, test_set = _datasets(video_dir, classes, s, seed)
     adapters = {"zeroi2v": dict(temporal={"kind": "stdha", "offsets": s.offsets}),
                 "no_stdha": dict(temporal={"kind": "stdha", "offsets": None})}
     configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
@@ -124,6 +121,8 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
                                           epochs=s.probe_epochs, temporal={"kind": "stdha", "offsets": None},
                                           adapter=None, finetune="linear_probe")
+    with _stage(timings, "decode videos", log):
+        train_set, test_set = _datasets(video_dir, configs["zeroi2v"], s, seed)
     with _stage(timings, "train zeroi2v + no_stdha", log):
         trained = _train_runs({k: configs[k] for k in adapters}, train_set, test_set, s.parallel)
     with _stage(timings, "train linear_probe", log):
@@ -221,22 +220,31 @@ def _image_key(s: QuickstartSettings, seed: int) -> dict:
     return {"backbone": s.backbone, "images": s.images, "epochs": s.pretrain_epochs, "size": s.size, "seed": seed}
 
 
-def _datasets(video_dir: Path, classes: list[str], s: QuickstartSettings, seed: int):
-    """The real pipeline (decord decoding, TSN sampling, transforms.v2), decoded once and cached.
-
-    Augmentation is a flip only (its label map swaps left and right movers): the order classes are
-    about where the object is, so crops would blur the very cue they need."""
+def _datasets(video_dir: Path, cfg: Config, s: QuickstartSettings, seed: int):
+    """The real pipeline (decord decoding, TSN sampling, transforms.v2), decoded once and cached, with the
+    augmentation and test views of ``cfg`` (``_data_config``) through the transform factories every run uses."""
+    from zeroi2v.data.build import test_transform, train_transform
+    classes = cfg.model.class_names
     train = VideoDataset(read_annotation("mmaction", video_dir / "train.txt"), video_dir, classes=classes,
                          sampler=make_sampler("uniform", s.num_frames), train=True, seed=seed, cache_decoded=True,
-                         transform=TrainTransform(size=s.size, short_side=None, randaugment=None, flip=0.5,
-                                                  flip_label_map=flip_label_map(classes), crop_scale=(1.0, 1.0)))
+                         transform=train_transform(cfg, s.size, classes))
     test = VideoDataset(read_annotation("mmaction", video_dir / "test.txt"), video_dir, classes=classes,
                         sampler=make_sampler("uniform", s.num_frames, clips=s.test_clips), train=False, seed=seed,
-                        cache_decoded=True, transform=TestTransform(size=s.size, short_side=s.size, crops=1))
+                        cache_decoded=True, transform=test_transform(cfg, s.size))
     for ds in (train, test):  # decode every video once, up front
         for i in range(len(ds)):
             ds[i]
     return train, test
+
+
+def _data_config(s: QuickstartSettings, classes: list[str]) -> DataConfig:
+    """The quickstart's augmentation: a flip only, whose label map swaps the mirror classes (left and right
+    movers); no RandAugment and whole-frame crops (crop_scale [1, 1]), since the order classes are about
+    where the object is and crops would blur the very cue they need; frames already at the crop size."""
+    mirrors = flip_label_map(classes)
+    pairs = [[classes[a], classes[b]] for a, b in mirrors.items() if a < b]
+    return DataConfig(workers=0, size=s.size, short_side=s.size, randaugment=None, crop_scale=(1.0, 1.0), flip=0.5,
+                      flip_label_map=pairs)
 
 
 def _run_config(s: QuickstartSettings, backbone: str, classes: list[str], out_dir: Path, seed: int,
@@ -244,7 +252,7 @@ def _run_config(s: QuickstartSettings, backbone: str, classes: list[str], out_di
     model_overrides.setdefault("adapter", {"kind": "linear", "placement": "4", "scale": 1.0})
     model = ModelConfig(backbone=backbone, num_classes=len(classes), num_frames=s.num_frames, class_names=classes,
                         head_dropout=s.head_dropout, **model_overrides)
-    return Config(model=model, data=DataConfig(workers=0, size=s.size),
+    return Config(model=model, data=_data_config(s, classes),
                   optim=OptimConfig(lr=s.lr, epochs=epochs, warmup_epochs=1, label_smoothing=0.1, clip_grad=s.clip_grad),
                   train=TrainConfig(batch_size=s.batch_size, total_batch=s.batch_size, device="cpu", seed=seed,
                                     eval_every=0, save_every=max(1, epochs), out_dir=str(out_dir), log_every=20,

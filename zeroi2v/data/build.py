@@ -4,6 +4,8 @@ gives one process its batches of the training set, epoch by epoch."""
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data.distributed import DistributedSampler
 from zeroi2v.data.dataset import VideoDataset
 from zeroi2v.data.formats import read_annotation
 from zeroi2v.data.views import make_sampler
-from zeroi2v.data.transforms import SSV2_FLIP_LABEL_MAP, TestTransform, TrainTransform
+from zeroi2v.data.transforms import TestTransform, TrainTransform, directional_classes, resolve_flip_label_map
 
 if TYPE_CHECKING:
     from zeroi2v.config import Config
@@ -58,17 +60,12 @@ def build_datasets(cfg: Config, image_size: int, splits: Sequence[str] = ("train
     if d.train_ann and "train" in splits:
         ann = annotation(d.train_ann, "train", None)
         classes = ann.classes
-        flip_map = SSV2_FLIP_LABEL_MAP if d.flip_label_map == "ssv2" else None
-        transform = TrainTransform(size=size, short_side=d.short_side, randaugment=d.randaugment, flip=d.flip,
-                                   flip_label_map=flip_map, random_erasing=d.random_erasing,
-                                   mean=cfg.model.mean, std=cfg.model.std)
+        transform = train_transform(cfg, size, classes)
         train_set = VideoDataset(ann, root_of(d.train_ann), sampler=sampler(1), transform=transform, train=True, **common)
 
     def evaluation_set(path: str, full: bool):
-        transform = TestTransform(size=size, short_side=t.short_side or size, crops=t.crops if full else 1,
-                                  mean=cfg.model.mean, std=cfg.model.std)
         return VideoDataset(annotation(path, "test", classes), root_of(path), sampler=sampler(t.clips if full else 1),
-                            transform=transform, train=False, **common)
+                            transform=test_transform(cfg, size, full), train=False, **common)
 
     if d.val_ann and "val" in splits:
         val_set = evaluation_set(d.val_ann, t.val_full_views)
@@ -77,6 +74,44 @@ def build_datasets(cfg: Config, image_size: int, splits: Sequence[str] = ("train
     elif d.val_ann and "test" in splits:  # no test split: the final multi-view test runs on the validation split
         test_set = val_set if val_set is not None and t.val_full_views else evaluation_set(d.val_ann, True)
     return train_set, val_set, test_set
+
+
+def train_transform(cfg: Config, size: int, classes: Sequence[str]) -> TrainTransform:
+    """The training augmentation of ``cfg.data`` at crop ``size`` (every setting from the config: short
+    side, RandAugment, crop scale and ratio, flip and its label map resolved against the training
+    ``classes``, random erasing). Warns once when flips may corrupt direction classes (``warn_directional``)."""
+    d = cfg.data
+    flip_map = resolve_flip_label_map(d.flip_label_map, classes)
+    if d.flip > 0 and not flip_map:
+        warn_directional(classes, d.flip)
+    return TrainTransform(size=size, short_side=cfg.short_side_for(size), randaugment=d.randaugment, flip=d.flip,
+                          flip_label_map=flip_map, random_erasing=d.random_erasing, mean=cfg.model.mean,
+                          std=cfg.model.std, crop_scale=d.crop_scale, crop_ratio=d.crop_ratio)
+
+
+def test_transform(cfg: Config, size: int, full: bool = True) -> TestTransform:
+    """The test views of ``cfg.test`` at crop ``size``: ``test.crops`` crops when ``full``, else 1 centre crop."""
+    t = cfg.test
+    return TestTransform(size=size, short_side=t.short_side or size, crops=t.crops if full else 1,
+                         mean=cfg.model.mean, std=cfg.model.std)
+
+
+test_transform.__test__ = False  # not a pytest test, despite the name
+
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def warn_directional(classes: Sequence[str], flip: float) -> None:
+    """One line on stderr (once per process and set of classes, rank 0 only) when class names look
+    directional but flips are on with no ``data.flip_label_map``: a mirrored "left" clip trains as "left"."""
+    names = directional_classes(classes)
+    if not names or tuple(classes) in _WARNED or int(os.environ.get("RANK", "0")) != 0:
+        return
+    _WARNED.add(tuple(classes))
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    print(f"[zeroi2v] warning: data.flip={flip} mirrors training clips but classes {shown} look directional and "
+          f"data.flip_label_map is not set, so a mirrored clip keeps its label; set data.flip_label_map to the "
+          f"pairs a flip swaps ([[left_class, right_class]]) or data.flip: 0", file=sys.stderr)
 
 
 class SkipSampler(Sampler):

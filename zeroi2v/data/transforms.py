@@ -9,6 +9,8 @@ model's layout, float (C, T, H, W), normalised with CLIP's mean/std on the 0–2
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from typing import Mapping, Sequence
 
 import torch
@@ -67,20 +69,21 @@ class TrainTransform:
                  randaugment: tuple[int, int] | None = (7, 4), flip: float = 0.5,
                  flip_label_map: Mapping[int, int] | None = None, random_erasing: float = 0.0,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                 crop_scale: tuple[float, float] = (0.08, 1.0)):
+                 crop_scale: tuple[float, float] = (0.08, 1.0), crop_ratio: tuple[float, float] = (0.75, 4 / 3)):
         # size: output side (square crop). short_side: resize the short side to this first (None: keep).
         # randaugment: (magnitude, num_ops) as in the paper's "m7 n4", None to disable.
         # flip: probability of a horizontal flip. flip_label_map: {label: mirrored label}, give both
         #   directions (SSV2_FLIP_LABEL_MAP); labels not in it keep their value.
         # random_erasing: probability of erasing one box with random values, after normalisation (SSv2: 0.25).
-        # mean, std: normalisation on the 0–255 scale. crop_scale: area range of RandomResizedCrop.
+        # mean, std: normalisation on the 0–255 scale. crop_scale, crop_ratio: area and aspect-ratio ranges
+        #   of RandomResizedCrop (data.crop_scale, data.crop_ratio).
         self.flip, self.flip_label_map = flip, dict(flip_label_map or {})
         self.mean, self.std = tuple(mean), tuple(std)
         steps = [v2.Resize(short_side, antialias=True)] if short_side else []
         if randaugment is not None:
             magnitude, num_ops = randaugment
             steps.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude))
-        steps.append(v2.RandomResizedCrop(size, scale=crop_scale, antialias=True))
+        steps.append(v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=tuple(crop_ratio), antialias=True))
         self.spatial = v2.Compose(steps)
         self.erase = v2.RandomErasing(p=random_erasing, value="random") if random_erasing > 0 else None
 
@@ -139,3 +142,93 @@ class TestTransform:
 
     def __repr__(self) -> str:
         return f"TestTransform(size={self.size}, short_side={self.short_side}, crops={self.crops})"
+
+
+# --- flips and direction classes ---------------------------------------------------------------------------
+
+DIRECTION_WORDS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward",
+                   "leftwards": "rightwards", "rightwards": "leftwards", "clockwise": "anticlockwise",
+                   "anticlockwise": "clockwise", "counterclockwise": "clockwise", "cw": "ccw", "ccw": "cw",
+                   "up": None, "down": None, "upward": None, "downward": None, "upwards": None, "downwards": None,
+                   "before": None, "after": None, "forward": None, "backward": None, "forwards": None,
+                   "backwards": None, "towards": None, "toward": None, "away": None, "push": None, "pull": None,
+                   "pushing": None, "pulling": None, "open": None, "opening": None, "close": None, "closing": None}
+"""Words that make a class name look directional (a flip or a reversal may turn the clip into another class);
+a word's horizontal mirror where it has one (left -> right), for suggesting ``flip_label_map`` pairs."""
+
+
+def name_words(name: str) -> list[str]:
+    """The lower-case words of a class name: 'move_left', 'Move left', 'MoveLeft', 'counter-clockwise' ->
+    [move, left] / [counterclockwise]."""
+    name = re.sub(r"(?i)(counter|anti)[-\s_]+(clockwise)", r"\1\2", str(name))
+    return [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)]
+
+
+def directional_classes(classes: Sequence[str]) -> list[str]:
+    """The class names that look directional (left/right, up/down, clockwise/anticlockwise, before/after,
+    forward/backward, push/pull, open/close, ...): flipping or reversing such clips may change their class."""
+    return [c for c in classes if any(w in DIRECTION_WORDS for w in name_words(c))]
+
+
+def mirror_pairs(classes: Sequence[str]) -> list[list[str]]:
+    """Pairs of classes whose names differ by mirrored words only (move_left / move_right, rotate_cw /
+    rotate_ccw): candidates for ``data.flip_label_map``."""
+    by_words = {tuple(name_words(c)): c for c in classes}
+    pairs = []
+    for words, name in by_words.items():
+        mirrored = tuple(DIRECTION_WORDS.get(w) or w for w in words)
+        other = by_words.get(mirrored)
+        if other is not None and mirrored != words and [other, name] not in pairs:
+            pairs.append([name, other])
+    return pairs
+
+
+def read_flip_pairs(path: str) -> list[list[str]]:
+    """Pairs of class names from a file: a .yaml/.yml/.json list of pairs, or one pair per line with the two
+    names separated by a comma or a tab (blank lines and lines starting with # skipped)."""
+    from zeroi2v.config_files import read_yaml
+    from zeroi2v.files import read_text
+    if str(path).lower().endswith((".yaml", ".yml", ".json")):
+        pairs = read_yaml(path)
+        if not isinstance(pairs, list):
+            raise ValueError(f"{path} (data.flip_label_map): expected a list of class-name pairs like "
+                             f"[[left, right]], got {type(pairs).__name__}")
+        return pairs
+    pairs = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            parts = [p.strip() for p in re.split(r"[,\t]", line)]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"{path}:{n} (data.flip_label_map): expected two class names separated by a "
+                                 f"comma or a tab, got {line.strip()!r}")
+            pairs.append(parts)
+    return pairs
+
+
+def resolve_flip_label_map(spec, classes: Sequence[str], key: str = "data.flip_label_map") -> dict[int, int]:
+    """``data.flip_label_map`` as {label: mirrored label} for ``classes`` (the training set's names):
+    'ssv2', None / 'none' (no map), a list of name pairs, or a file of them (``read_flip_pairs``). Each pair
+    swaps both ways; a name that is not a class is an error naming ``key`` and the name."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "null")):
+        return {}
+    if isinstance(spec, str) and spec.strip().lower() == "ssv2":
+        return dict(SSV2_FLIP_LABEL_MAP)
+    if isinstance(spec, str):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"{key}: {spec!r} is neither 'ssv2', 'none' nor an existing file of class-name "
+                                    f"pairs; fix the path or write the pairs in the config ([[left, right]])")
+        spec, key = read_flip_pairs(spec), f"{key} ({spec})"
+    index = {str(name): i for i, name in enumerate(classes)}
+    out: dict[int, int] = {}
+    for pair in spec:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"{key}: each entry is a pair of class names like [left, right], got {pair!r}")
+        unknown = [str(n) for n in pair if str(n) not in index]
+        if unknown:
+            shown = ", ".join(list(index)[:12]) + (", ..." if len(index) > 12 else "")
+            fix = ("the training set's classes have no names: give them (data.format_args.classes) or write "
+                   "labels" if all(str(c).isdigit() for c in classes) else "fix the name")
+            raise ValueError(f"{key}: {unknown[0]!r} is not a class of the training set (classes: {shown}); {fix}")
+        a, b = (index[str(n)] for n in pair)
+        out[a], out[b] = b, a
+    return out
