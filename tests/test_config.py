@@ -12,6 +12,7 @@ import yaml
 from zeroi2v.config import Config, check_model_config, load_config, save_config
 from zeroi2v.stdha import PRESETS, parse_offsets
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
@@ -228,12 +229,12 @@ def test_reading_a_config_imports_neither_torch_nor_open_clip():
 
 
 def test_shipped_configs_hold_only_what_differs_from_their_base():
-    from zeroi2v.config_files import read_chain, read_yaml
-    for path in sorted(CONFIGS[0].parent.rglob("*.yaml")):
+    from zeroi2v.config_files import _base_path, read_chain, read_yaml
+    for path in sorted([*CONFIGS[0].parent.rglob("*.yaml"), *(ROOT / "zeroi2v" / "configs").rglob("*.yaml")]):
         data = read_yaml(path)
         if "base" not in data:
             continue
-        parent = read_chain(path.parent / data["base"])
+        parent = read_chain(_base_path(path, data["base"]))
         for section, values in data.items():
             if section == "base":
                 continue

@@ -73,7 +73,7 @@ def test_long_clips_get_dense_sampling():
 
 def test_a_packaged_base_resolves_like_the_repository_file(tmp_path):
     (tmp_path / "a.yaml").write_text("base: zeroi2v:configs/base/clip_vit_b16.yaml\noptim: {lr: 1.0e-4}\n")
-    (tmp_path / "b.yaml").write_text(f"base: {ROOT / 'configs/base/clip_vit_b16.yaml'}\noptim: {{lr: 1.0e-4}}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {ROOT / 'zeroi2v/configs/base/clip_vit_b16.yaml'}\noptim: {{lr: 1.0e-4}}\n")
     assert read_config(tmp_path / "a.yaml") == read_config(tmp_path / "b.yaml")
     (tmp_path / "c.yaml").write_text("base: zeroi2v:configs/base/nope.yaml\n")
     with pytest.raises(FileNotFoundError, match="zeroi2v:configs/base/clip_vit_b16.yaml"):
