@@ -66,7 +66,11 @@ def cmd_pretrain_image(a):
 def _add_train(sub):
     p = sub.add_parser("train", help="train from a YAML config (also under torchrun)",
                        description="Train a video model from a YAML config (see configs/). Runs under "
-                                   "`torchrun --nproc_per_node N -m zeroi2v train ...` for several GPUs.")
+                                   "`torchrun --nproc_per_node N -m zeroi2v train ...` for several GPUs. "
+                                   "Every config key is documented where it is defined (zeroi2v/config.py, "
+                                   "zeroi2v/model_config.py); `zeroi2v config show FILE` prints a config fully "
+                                   "resolved, and `zeroi2v init --data DIR_OR_LIST` writes a starter config for "
+                                   "your own clips.")
     p.add_argument("config", help="YAML config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
@@ -151,7 +155,7 @@ def cmd_eval(a):
     from zeroi2v.data.build import build_datasets
     cfg = load_config(a.config, a.overrides)
     model = _load_any(a)
-    _, val_set, test_set = build_datasets(cfg, model.image_size)
+    _, val_set, test_set = build_datasets(cfg, model.image_size, splits=("val", "test"))  # no training-set scan
     dataset = test_set or val_set
     if dataset is None:
         raise ValueError("the config names no test_ann or val_ann to evaluate on")
