@@ -79,13 +79,28 @@ class HeadsToVolume:
         return x.reshape(bt // t, g * d, t, h, w)
 
 
-def _video_gradcam_class():
-    from pytorch_grad_cam import GradCAM
+CAM_METHODS = {  # name -> pytorch_grad_cam class; all share BaseCAM (hooks, ReLU, min-max scaling)
+    "gradcam": "GradCAM",                     # channel weight = mean gradient over the clip
+    "gradcam++": "GradCAMPlusPlus",           # channel weight from 2nd/3rd-order gradient terms
+    "xgradcam": "XGradCAM",                   # channel weight = activation-weighted mean gradient
+    "layercam": "LayerCAM",                   # per token: ReLU(gradient) x activation
+    "hirescam": "HiResCAM",                   # per token: gradient x activation (signed, then ReLU)
+    "gradcam-elementwise": "GradCAMElementWise",  # per token: ReLU(gradient x activation)
+}
+DEFAULT_METHOD = "gradcam"
 
-    class VideoGradCAM(GradCAM):
-        """``GradCAM`` on a (B, C, T, H, W) clip that returns maps at the token grid (B, T, h, w).
 
-        Everything but the output size is the library's (channel weights, ReLU, scaling).
+def _video_cam_class(method: str = DEFAULT_METHOD):
+    """The ``pytorch_grad_cam`` class of ``method``, answering maps at the token grid (B, T, h, w)."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; methods: {sorted(CAM_METHODS)}")
+    import pytorch_grad_cam
+    base = getattr(pytorch_grad_cam, CAM_METHODS[method])
+
+    class VideoCAM(base):
+        """``base`` on a (B, C, T, H, W) clip that returns maps at the token grid (B, T, h, w).
+
+        Everything but the output size is the library's (weights, ReLU, scaling).
         """
 
         def __init__(self, model, target_layers, reshape_transform, grid: tuple[int, int]):
@@ -96,7 +111,8 @@ def _video_gradcam_class():
             # the library's 3-D order is (W, H, T), reversed before resizing: ask for the grid itself
             return self.grid[1], self.grid[0], input_tensor.size(2)
 
-    return VideoGradCAM
+    VideoCAM.__name__ = VideoCAM.__qualname__ = f"Video{base.__name__}"
+    return VideoCAM
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -142,11 +158,11 @@ def _frozen(model):
         model.train(was_training)
 
 
-def _group_cam(VideoGradCAM, model, blk, heads: list[int], video: torch.Tensor, target_class: int | None):
+def _group_cam(cam_class, model, blk, heads: list[int], video: torch.Tensor, target_class: int | None):
     """``pytorch_grad_cam`` on one head group's values of ``blk``: token-grid maps and the clip's logits."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     grid = _grid(model)
-    cam = VideoGradCAM(model, [blk.v_probe], HeadsToVolume(heads, model.num_frames, grid), grid)
+    cam = cam_class(model, [blk.v_probe], HeadsToVolume(heads, model.num_frames, grid), grid)
     try:
         targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
         maps = cam(input_tensor=video.clone().requires_grad_(True), targets=targets)
@@ -156,7 +172,7 @@ def _group_cam(VideoGradCAM, model, blk, heads: list[int], video: torch.Tensor, 
 
 
 def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: int = -1,
-            groups: Iterable[str] = GROUPS) -> dict[str, Any]:
+            groups: Iterable[str] = GROUPS, method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Grad-CAM of one clip for the spatial, temporal and all heads of one block.
 
     Args:
@@ -165,6 +181,8 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         target_class: class to explain; None = the model's top prediction.
         block: which block (negative counts from the end; -1 = last, as in the paper's Fig. 3).
         groups: subset of ``("spatial", "temporal", "all")`` to compute.
+        method: a name in ``CAM_METHODS`` (default ``DEFAULT_METHOD``, the best measured by
+            ``benchmarks/cam_localisation.py``).
 
     Returns a dict:
         ``"spatial"``, ``"temporal"``, ``"all"``: float32 (T, H, W) maps in [0, 1] at the input
@@ -175,7 +193,7 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         ``"messages"`` (group -> why it is empty or flat), ``"grid"`` (group -> the same maps at the
         token grid, (T, h, w), before upsampling).
     """
-    VideoGradCAM = _video_gradcam_class()
+    cam_class = _video_cam_class(method)
 
     groups = tuple(groups)
     unknown = [g for g in groups if g not in GROUPS]
@@ -206,7 +224,7 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
                                if g == "temporal" else
                                f"block {idx} has no spatial heads (every head has Δt ≠ 0): nothing to show")
                 continue
-            maps, logits = _group_cam(VideoGradCAM, model, blk, heads[g], video, target_class)
+            maps, logits = _group_cam(cam_class, model, blk, heads[g], video, target_class)
             if probs is None:
                 probs = torch.softmax(logits, dim=-1).numpy()
                 target_class = int(logits.argmax()) if target_class is None else target_class
@@ -227,7 +245,7 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         "class_name": names[int(target_class)] if names and int(target_class) < len(names) else None,
         "probability": float(probs[int(target_class)]),
         "probs": probs, "block": idx, "offsets": offsets, "heads": heads, "messages": messages,
-        "grid": grid_maps,
+        "grid": grid_maps, "method": method,
     })
     return out
 
@@ -356,9 +374,60 @@ def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int,
     return np.clip(boxes, 0, crop)
 
 
+def box_clips(model, video_dir: str | Path, items: Iterable[dict]) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """The model's view of each clip of a synthetic set and the object's boxes in that view.
+
+    ``items`` are entries of ``zeroi2v.data.synthetic``'s ``*_meta.json`` (``path`` relative to
+    ``video_dir``, ``boxes`` (frames, 4) in source pixels). One uniform clip per video, through the one
+    input path (``model_views``); boxes follow the resize and centre crop. Returns [(view (C, T, H, W),
+    boxes (T, 4))].
+    """
+    from zeroi2v.data.decode import open_video
+    from zeroi2v.data.views import model_views
+    size = model.image_size
+    out = []
+    for item in items:
+        source = open_video(Path(video_dir) / item["path"], short_side=size)
+        views, indices = model_views(model, source)
+        boxes = np.asarray(item["boxes"], dtype=np.float64)[indices[0]]
+        stored = getattr(source, "stored_size", (size, size))
+        if tuple(stored) != (size, size):
+            boxes = transform_boxes(boxes, stored, short_side=size, crop=size)
+        out.append((views[0], boxes))
+    return out
+
+
+def localisation(model, clips: Sequence[tuple[torch.Tensor, np.ndarray]], method: str = DEFAULT_METHOD,
+                 block: int = -1, groups: Iterable[str] = ("spatial", "temporal")) -> dict[str, Any]:
+    """Mean CAM mass inside the object's box per head group over ``clips`` (from :func:`box_clips`).
+
+    Each clip is explained for the model's top prediction on it (as the demo does). Returns
+    ``{"<group>_mass_in_box": mean or None, "chance": mean box area fraction, "clips": {group: clips
+    counted}, "method", "block"}``; a clip whose map is zero everywhere (no positive evidence) has no
+    mass to place and is skipped (NaN), an empty group gives None.
+    """
+    groups = tuple(groups)
+    masses: dict[str, list[float]] = {g: [] for g in groups}
+    chances = []
+    for view, boxes in clips:
+        r = gradcam(model, view, block=block, groups=groups, method=method)
+        for g in groups:
+            masses[g].append(float("nan") if r[g] is None else mass_in_boxes(r[g], boxes))
+        chances.append(chance_in_boxes(boxes, tuple(view.shape[-2:])))
+    out: dict[str, Any] = {}
+    for g in groups:
+        m = np.asarray(masses[g], dtype=np.float64)
+        out[f"{g}_mass_in_box"] = round(float(np.nanmean(m)), 4) if np.isfinite(m).any() else None
+    out.update(chance=round(float(np.mean(chances)), 4) if chances else None,
+               clips={g: int(np.isfinite(masses[g]).sum()) for g in groups}, method=method,
+               block=_block_index(model, block))
+    return out
+
+
 # ------------------------------------------------------------------------------------ whole videos
 def explain_video(model, source, num_clips: int = 1, target_class: int | None = None, block: int = -1,
-                  display_height: int | None = 96, short_side: int | None = None) -> dict[str, Any]:
+                  display_height: int | None = 96, short_side: int | None = None,
+                  method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Classify a video (mean softmax over ``num_clips`` views) and Grad-CAM its middle view.
 
     ``source`` is a path (decoded straight to the model's size) or a ``VideoSource``. The explained
@@ -377,7 +446,8 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     from zeroi2v.data.views import model_views
     views, indices = model_views(model, source, clips=num_clips, short_side=short_side)
     decode = time.perf_counter() - t0
-    result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height)
+    result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height,
+                           method=method)
     result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
     result.update(indices=indices, video={"num_frames": int(source.num_frames), "fps": float(source.fps),
                                           "path": str(source.path)})
@@ -385,7 +455,7 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
 
 
 def explain_views(model, views: torch.Tensor, target_class: int | None = None, block: int = -1,
-                  display_height: int | None = 96) -> dict[str, Any]:
+                  display_height: int | None = 96, method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """The model part of ``explain_video``, on views from ``zeroi2v.data.views.model_views`` (the demo decodes outside
     its model lock, then calls this under it). ``"timings"``: inference, cam and their total."""
     t1 = time.perf_counter()
@@ -400,7 +470,7 @@ def explain_views(model, views: torch.Tensor, target_class: int | None = None, b
     t2 = time.perf_counter()
     target = int(probs.argmax()) if target_class is None else int(target_class)
     cam_view = views[len(views) // 2]
-    result = gradcam(model, cam_view, target_class=target, block=block)
+    result = gradcam(model, cam_view, target_class=target, block=block, method=method)
     frames = to_uint8_frames(cam_view, model.cfg.mean, model.cfg.std)
     strips = {"frames": strip(frames, height=display_height)}
     for g in GROUPS:
