@@ -1,9 +1,24 @@
 """Grad-CAM of spatial vs temporal heads (paper Fig. 3 / appendix 6.3), overlays, and a localisation score.
 
-``gradcam(model, clip)`` explains one class of one clip with ``pytorch_grad_cam.GradCAM`` three times,
+``gradcam(model, clip)`` explains one class of one clip with a ``pytorch_grad_cam`` method three times,
 once per head group of one block: the *spatial* heads (Δt = 0), the *temporal* heads (Δt ≠ 0) and
-*all* heads. The CAM math (channel weights = mean gradient, ReLU of the weighted sum, min-max
-scaling) is the library's; ours are the choice of hooked tensor, its reshape and the final upsampling.
+*all* heads. The CAM math (weights from the gradients, ReLU, min-max scaling) is the library's; ours
+are the choice of hooked tensor, its reshape and the final upsampling.
+
+Which method, and why (``method=``, ``CAM_METHODS``)
+----------------------------------------------------
+The default is ``"gradcam-elementwise"`` (ReLU of gradient x activation per token and channel, summed
+over channels), not classic Grad-CAM. The pooled feature is the class token after the last block, so
+at the last block (the demo's default) the gradient reaching a patch's value is the class token's
+attention weight on that patch times one vector per head: it says *which tokens the class token
+read*. Grad-CAM averages the gradient over every token and frame into one weight per channel, which
+throws that attention weight away, and then scores every token by how its value aligns with the
+average, read or not: on the quickstart model (300 test clips) its maps put 0.18 (spatial) / 0.17
+(temporal) of their mass in the moving object's box against 0.096 by chance. The element-wise methods
+keep the per-token weight (at the last block the map is each token's positive contribution to the
+class token through the group's heads) and measured best at every block: 0.27 / 0.21 at the last
+block (2.8x / 2.2x chance), 0.36 / 0.45 at the first. ``benchmarks/cam_localisation.py`` has the table for every
+method and block and the bound a 4x4-token map can reach.
 
 Which tensor is hooked, and why
 -------------------------------
@@ -47,6 +62,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from zeroi2v.explain_draw import overlay, strip, to_uint8_frames  # noqa: F401  (re-exported)
+
 GROUPS = ("spatial", "temporal", "all")
 GROUP_TITLES = {"spatial": "Spatial heads", "temporal": "Temporal heads", "all": "All heads"}
 
@@ -79,13 +96,28 @@ class HeadsToVolume:
         return x.reshape(bt // t, g * d, t, h, w)
 
 
-def _video_gradcam_class():
-    from pytorch_grad_cam import GradCAM
+CAM_METHODS = {  # name -> pytorch_grad_cam class; all share BaseCAM (hooks, ReLU, min-max scaling)
+    "gradcam": "GradCAM",                     # channel weight = mean gradient over the clip
+    "gradcam++": "GradCAMPlusPlus",           # channel weight from 2nd/3rd-order gradient terms
+    "xgradcam": "XGradCAM",                   # channel weight = activation-weighted mean gradient
+    "layercam": "LayerCAM",                   # per token: ReLU(gradient) x activation
+    "hirescam": "HiResCAM",                   # per token: gradient x activation (signed, then ReLU)
+    "gradcam-elementwise": "GradCAMElementWise",  # per token: ReLU(gradient x activation)
+}
+DEFAULT_METHOD = "gradcam-elementwise"  # measured best: see the module docstring
 
-    class VideoGradCAM(GradCAM):
-        """``GradCAM`` on a (B, C, T, H, W) clip that returns maps at the token grid (B, T, h, w).
 
-        Everything but the output size is the library's (channel weights, ReLU, scaling).
+def _video_cam_class(method: str = DEFAULT_METHOD):
+    """The ``pytorch_grad_cam`` class of ``method``, answering maps at the token grid (B, T, h, w)."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; methods: {sorted(CAM_METHODS)}")
+    import pytorch_grad_cam
+    base = getattr(pytorch_grad_cam, CAM_METHODS[method])
+
+    class VideoCAM(base):
+        """``base`` on a (B, C, T, H, W) clip that returns maps at the token grid (B, T, h, w).
+
+        Everything but the output size is the library's (weights, ReLU, scaling).
         """
 
         def __init__(self, model, target_layers, reshape_transform, grid: tuple[int, int]):
@@ -96,7 +128,8 @@ def _video_gradcam_class():
             # the library's 3-D order is (W, H, T), reversed before resizing: ask for the grid itself
             return self.grid[1], self.grid[0], input_tensor.size(2)
 
-    return VideoGradCAM
+    VideoCAM.__name__ = VideoCAM.__qualname__ = f"Video{base.__name__}"
+    return VideoCAM
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -142,11 +175,11 @@ def _frozen(model):
         model.train(was_training)
 
 
-def _group_cam(VideoGradCAM, model, blk, heads: list[int], video: torch.Tensor, target_class: int | None):
+def _group_cam(cam_class, model, blk, heads: list[int], video: torch.Tensor, target_class: int | None):
     """``pytorch_grad_cam`` on one head group's values of ``blk``: token-grid maps and the clip's logits."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     grid = _grid(model)
-    cam = VideoGradCAM(model, [blk.v_probe], HeadsToVolume(heads, model.num_frames, grid), grid)
+    cam = cam_class(model, [blk.v_probe], HeadsToVolume(heads, model.num_frames, grid), grid)
     try:
         targets = None if target_class is None else [ClassifierOutputTarget(int(target_class))]
         maps = cam(input_tensor=video.clone().requires_grad_(True), targets=targets)
@@ -156,7 +189,7 @@ def _group_cam(VideoGradCAM, model, blk, heads: list[int], video: torch.Tensor, 
 
 
 def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: int = -1,
-            groups: Iterable[str] = GROUPS) -> dict[str, Any]:
+            groups: Iterable[str] = GROUPS, method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Grad-CAM of one clip for the spatial, temporal and all heads of one block.
 
     Args:
@@ -165,6 +198,8 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         target_class: class to explain; None = the model's top prediction.
         block: which block (negative counts from the end; -1 = last, as in the paper's Fig. 3).
         groups: subset of ``("spatial", "temporal", "all")`` to compute.
+        method: a name in ``CAM_METHODS`` (default ``DEFAULT_METHOD``, the best measured by
+            ``benchmarks/cam_localisation.py``).
 
     Returns a dict:
         ``"spatial"``, ``"temporal"``, ``"all"``: float32 (T, H, W) maps in [0, 1] at the input
@@ -175,7 +210,7 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         ``"messages"`` (group -> why it is empty or flat), ``"grid"`` (group -> the same maps at the
         token grid, (T, h, w), before upsampling).
     """
-    VideoGradCAM = _video_gradcam_class()
+    cam_class = _video_cam_class(method)
 
     groups = tuple(groups)
     unknown = [g for g in groups if g not in GROUPS]
@@ -206,7 +241,7 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
                                if g == "temporal" else
                                f"block {idx} has no spatial heads (every head has Δt ≠ 0): nothing to show")
                 continue
-            maps, logits = _group_cam(VideoGradCAM, model, blk, heads[g], video, target_class)
+            maps, logits = _group_cam(cam_class, model, blk, heads[g], video, target_class)
             if probs is None:
                 probs = torch.softmax(logits, dim=-1).numpy()
                 target_class = int(logits.argmax()) if target_class is None else target_class
@@ -227,72 +262,9 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         "class_name": names[int(target_class)] if names and int(target_class) < len(names) else None,
         "probability": float(probs[int(target_class)]),
         "probs": probs, "block": idx, "offsets": offsets, "heads": heads, "messages": messages,
-        "grid": grid_maps,
+        "grid": grid_maps, "method": method,
     })
     return out
-
-
-# ----------------------------------------------------------------------------------------- drawing
-def _resize(img: np.ndarray, hw: tuple[int, int], smooth: bool = True) -> np.ndarray:
-    import cv2
-    if img.shape[:2] == tuple(hw):
-        return img
-    return cv2.resize(img, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST)
-
-
-def overlay(frames: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
-    """Heat-map ``cam`` (T, h, w) in [0, 1] over ``frames`` uint8 (T, H, W, 3) -> uint8 (T, H, W, 3).
-
-    The map is resized (bilinear) to the frames when sizes differ; colours are OpenCV's JET, blended
-    by ``pytorch_grad_cam.utils.image.show_cam_on_image``.
-    """
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    frames = np.asarray(frames)
-    cam = np.asarray(cam, dtype=np.float32)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")
-    if cam.ndim != 3 or cam.shape[0] != frames.shape[0]:
-        raise ValueError(f"cam must be (T, h, w) with T={frames.shape[0]}, got {cam.shape}")
-    hw = frames.shape[1:3]
-    out = np.empty_like(frames, dtype=np.uint8)
-    for t in range(frames.shape[0]):
-        mask = np.clip(_resize(cam[t], hw), 0.0, 1.0)
-        out[t] = show_cam_on_image(frames[t].astype(np.float32) / 255.0, mask, use_rgb=True,
-                                   image_weight=image_weight)
-    return out
-
-
-def strip(frames: np.ndarray, cam: np.ndarray | None = None, height: int | None = None, gap: int = 2,
-          image_weight: float = 0.5) -> np.ndarray:
-    """T frames side by side as one uint8 image (H, T*W + (T-1)*gap, 3), optionally with a CAM overlay.
-
-    ``height`` scales every frame to that height first (bilinear), so a 32-pixel model input
-    displays at a readable size; the CAM is resized to the scaled frames before blending.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape}")
-    t, h, w, _ = frames.shape
-    if height is not None and height != h:
-        w = max(1, round(w * height / h))
-        h = int(height)
-        frames = np.stack([_resize(f, (h, w)) for f in frames])
-    if cam is not None:
-        frames = overlay(frames, cam, image_weight=image_weight)
-    canvas = np.full((h, t * w + (t - 1) * gap, 3), 255, dtype=np.uint8)
-    for i, f in enumerate(frames):
-        canvas[:, i * (w + gap): i * (w + gap) + w] = f
-    return canvas
-
-
-def to_uint8_frames(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised clip (C, T, H, W) (or (1, C, T, H, W)) back to uint8 frames (T, H, W, 3)."""
-    if video.ndim == 5:
-        video = video[0]
-    m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
-    x = video.detach().float().cpu() * s + m
-    return x.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
 
 
 # ------------------------------------------------------------------------------------ localisation
@@ -356,9 +328,60 @@ def transform_boxes(boxes: np.ndarray, src_hw: tuple[int, int], short_side: int,
     return np.clip(boxes, 0, crop)
 
 
+def box_clips(model, video_dir: str | Path, items: Iterable[dict]) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """The model's view of each clip of a synthetic set and the object's boxes in that view.
+
+    ``items`` are entries of ``zeroi2v.data.synthetic``'s ``*_meta.json`` (``path`` relative to
+    ``video_dir``, ``boxes`` (frames, 4) in source pixels). One uniform clip per video, through the one
+    input path (``model_views``); boxes follow the resize and centre crop. Returns [(view (C, T, H, W),
+    boxes (T, 4))].
+    """
+    from zeroi2v.data.decode import open_video
+    from zeroi2v.data.views import model_views
+    size = model.image_size
+    out = []
+    for item in items:
+        source = open_video(Path(video_dir) / item["path"], short_side=size)
+        views, indices = model_views(model, source)
+        boxes = np.asarray(item["boxes"], dtype=np.float64)[indices[0]]
+        stored = getattr(source, "stored_size", (size, size))
+        if tuple(stored) != (size, size):
+            boxes = transform_boxes(boxes, stored, short_side=size, crop=size)
+        out.append((views[0], boxes))
+    return out
+
+
+def localisation(model, clips: Sequence[tuple[torch.Tensor, np.ndarray]], method: str = DEFAULT_METHOD,
+                 block: int = -1, groups: Iterable[str] = ("spatial", "temporal")) -> dict[str, Any]:
+    """Mean CAM mass inside the object's box per head group over ``clips`` (from :func:`box_clips`).
+
+    Each clip is explained for the model's top prediction on it (as the demo does). Returns
+    ``{"<group>_mass_in_box": mean or None, "chance": mean box area fraction, "clips": {group: clips
+    counted}, "method", "block"}``; a clip whose map is zero everywhere (no positive evidence) has no
+    mass to place and is skipped (NaN), an empty group gives None.
+    """
+    groups = tuple(groups)
+    masses: dict[str, list[float]] = {g: [] for g in groups}
+    chances = []
+    for view, boxes in clips:
+        r = gradcam(model, view, block=block, groups=groups, method=method)
+        for g in groups:
+            masses[g].append(float("nan") if r[g] is None else mass_in_boxes(r[g], boxes))
+        chances.append(chance_in_boxes(boxes, tuple(view.shape[-2:])))
+    out: dict[str, Any] = {}
+    for g in groups:
+        m = np.asarray(masses[g], dtype=np.float64)
+        out[f"{g}_mass_in_box"] = round(float(np.nanmean(m)), 4) if np.isfinite(m).any() else None
+    out.update(chance=round(float(np.mean(chances)), 4) if chances else None,
+               clips={g: int(np.isfinite(masses[g]).sum()) for g in groups}, method=method,
+               block=_block_index(model, block))
+    return out
+
+
 # ------------------------------------------------------------------------------------ whole videos
 def explain_video(model, source, num_clips: int = 1, target_class: int | None = None, block: int = -1,
-                  display_height: int | None = 96, short_side: int | None = None) -> dict[str, Any]:
+                  display_height: int | None = 96, short_side: int | None = None,
+                  method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """Classify a video (mean softmax over ``num_clips`` views) and Grad-CAM its middle view.
 
     ``source`` is a path (decoded straight to the model's size) or a ``VideoSource``. The explained
@@ -377,7 +400,8 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
     from zeroi2v.data.views import model_views
     views, indices = model_views(model, source, clips=num_clips, short_side=short_side)
     decode = time.perf_counter() - t0
-    result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height)
+    result = explain_views(model, views, target_class=target_class, block=block, display_height=display_height,
+                           method=method)
     result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
     result.update(indices=indices, video={"num_frames": int(source.num_frames), "fps": float(source.fps),
                                           "path": str(source.path)})
@@ -385,7 +409,7 @@ def explain_video(model, source, num_clips: int = 1, target_class: int | None = 
 
 
 def explain_views(model, views: torch.Tensor, target_class: int | None = None, block: int = -1,
-                  display_height: int | None = 96) -> dict[str, Any]:
+                  display_height: int | None = 96, method: str = DEFAULT_METHOD) -> dict[str, Any]:
     """The model part of ``explain_video``, on views from ``zeroi2v.data.views.model_views`` (the demo decodes outside
     its model lock, then calls this under it). ``"timings"``: inference, cam and their total."""
     t1 = time.perf_counter()
@@ -400,7 +424,7 @@ def explain_views(model, views: torch.Tensor, target_class: int | None = None, b
     t2 = time.perf_counter()
     target = int(probs.argmax()) if target_class is None else int(target_class)
     cam_view = views[len(views) // 2]
-    result = gradcam(model, cam_view, target_class=target, block=block)
+    result = gradcam(model, cam_view, target_class=target, block=block, method=method)
     frames = to_uint8_frames(cam_view, model.cfg.mean, model.cfg.std)
     strips = {"frames": strip(frames, height=display_height)}
     for g in GROUPS:

@@ -122,8 +122,15 @@ class DemoBackend:
     Every decode has a time budget (``max_decode_seconds``) that ends in a readable error.
     """
 
-    def __init__(self, checkpoint_dir: str | os.PathLike, warmup: bool = True, **limits: Any):
+    def __init__(self, checkpoint_dir: str | os.PathLike, warmup: bool = True, cam_method: str | None = None,
+                 **limits: Any):
+        from zeroi2v.explain import CAM_METHODS, DEFAULT_METHOD
         from zeroi2v.merge import load_merged, read_merged_config
+        # the CAM method of the maps: the one that put most of its mass on the moving object
+        # (benchmarks/cam_localisation.py), unless the caller names another of CAM_METHODS
+        self.cam_method = DEFAULT_METHOD if cam_method is None else str(cam_method)
+        if self.cam_method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {cam_method!r}; methods: {sorted(CAM_METHODS)}")
         unknown = set(limits) - set(DEFAULT_LIMITS)
         if unknown:
             raise TypeError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(DEFAULT_LIMITS)}")
@@ -151,7 +158,7 @@ class DemoBackend:
         size = self.model.image_size
         frames = torch.zeros(self.model.num_frames, 3, size, size, dtype=torch.uint8)
         with self._lock:
-            explain_video(self.model, TensorSource(frames), num_clips=1)
+            explain_video(self.model, TensorSource(frames), num_clips=1, method=self.cam_method)
 
     # ------------------------------------------------------------------ validation
     def open_checked(self, path: str | os.PathLike, clips: int = 1):
@@ -193,7 +200,7 @@ class DemoBackend:
                 self._large.release()
         decode = time.perf_counter() - start  # checks + open + decode + transform
         with self._lock:
-            result = explain_views(self.model, views, target_class=target_idx, block=block)
+            result = explain_views(self.model, views, target_class=target_idx, block=block, method=self.cam_method)
         result["timings"].update(decode=decode, total=decode + result["timings"]["total"])
         result.update(indices=indices, video={"num_frames": int(source.num_frames), "fps": float(source.fps),
                                               "path": str(source.path)})
