@@ -20,8 +20,9 @@
 # itself) and **temporal** heads (Δt ≠ 0: frame *t* reads the keys and values of frame *t + Δt*), at zero
 # extra cost (paper Sec. 3.2; Fig. 3 and appendix 6.3 show Grad-CAM of both groups).
 #
-# `zeroi2v.explain.gradcam` runs `pytorch_grad_cam.GradCAM` on one block's per-head **values before the
-# time shift** (`block.v_probe`), keeping only one group's heads. For a temporal head the value at frame
+# `zeroi2v.explain.gradcam` runs a `pytorch_grad_cam` method (by default element-wise Grad-CAM, which
+# measured best at pointing at the moving object; `method=` picks another of `CAM_METHODS`) on one block's
+# per-head **values before the time shift** (`block.v_probe`), keeping only one group's heads. For a temporal head the value at frame
 # *t'* is what the queries of frame *t' − Δt* read, so its map shows *where in frame t' the temporal heads
 # take content from*.
 #
