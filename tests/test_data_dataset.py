@@ -145,3 +145,31 @@ def test_rawframe_folder_samples(tmp_path):
     ds = train_set(tmp_path, [Sample("v", 1, num_frames=10)])
     item = ds[0]
     assert item["video"].shape == (3, 8, 32, 32) and item["label"] == 1 and item["decode_failures"] == 0
+
+
+def test_a_forked_run_owns_its_epoch_once_it_asks(tmp_path):
+    """The quickstart trains two runs in forked processes on one decoded data set: the epoch lives in shared
+    memory (for loader workers), so a sibling's set_epoch moved this run's random stream mid-epoch."""
+    import multiprocessing
+    from zeroi2v.data.dataset import VideoDataset
+    from zeroi2v.data.formats import Sample
+
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"not decoded in this test")
+    ds = VideoDataset([Sample("a.mp4", 0)], tmp_path, sampler=None, transform=None, train=True)  # nothing decoded
+
+    def sibling(own: bool) -> None:
+        if own:
+            ds.own_shared_state()
+        ds.set_epoch(5)
+
+    ctx = multiprocessing.get_context("fork")
+    for own, expected in ((False, 5), (True, 0)):
+        ds.set_epoch(0)
+        if own:
+            ds.own_shared_state()
+        p = ctx.Process(target=sibling, args=(own,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        assert ds.epoch == expected  # shared before own_shared_state (the bug), private after

@@ -292,6 +292,8 @@ def _train_runs(configs: dict[str, Config], train_set, test_set, parallel: bool)
 
 def _train_child(cfg: Config, train_set, test_set) -> None:
     torch.set_num_threads(1)
+    for ds in (train_set, test_set):  # a sibling run's set_epoch must not reach this run's data
+        ds.own_shared_state()
     from zeroi2v.train import train
     train(cfg, train_set=train_set, test_set=test_set, force=True)
 

@@ -153,6 +153,15 @@ class VideoDataset(Dataset):
         """Select the epoch's random stream (call before iterating, as with DistributedSampler)."""
         self._epoch[0] = epoch
 
+    def own_shared_state(self) -> None:
+        """Give this copy its own epoch and undecodable-file flags (still shared with its own loader workers).
+
+        A process forked with this data set (the quickstart trains two runs in forked processes on one
+        decoded set) would otherwise share them with its sibling: the sibling's ``set_epoch`` would switch
+        this run's random stream in the middle of an epoch, and the runs would depend on timing."""
+        self._epoch = self._epoch.clone().share_memory_()
+        self._failed = self._failed.clone().share_memory_()
+
     @property
     def undecodable(self) -> list[str]:
         """The files found undecodable so far, by any process iterating this data set (as opened)."""
