@@ -9,7 +9,7 @@ over chance (box area / frame area, what a uniform map scores). ``oracle`` is th
 can score: each patch weighted by the share of it the box covers, upsampled like the CAMs; it bounds
 what any method can reach at 4 x 4 patches.
 
-Measured on the quickstart model of /work/qs-base (zeroi2v-tiny: 32 px, 8-px patches = 4 x 4 tokens,
+Measured on the quickstart model of a `make quickstart` run (zeroi2v-tiny: 32 px, 8-px patches = 4 x 4 tokens,
 4 blocks, 8 heads, Δt {1x2,-1x2}), all 300 test clips, 2 shared CPU cores (spatial / temporal heads,
 x chance 0.0957; block 3 is the last, the demo's default):
 
@@ -26,7 +26,7 @@ The element-wise methods (per-token gradient x activation) beat the channel-weig
 block; gradcam-elementwise is the default (``zeroi2v.explain.DEFAULT_METHOD``): see that module's
 docstring for why. The 4 x 4 token grid is not what holds the maps back (the oracle reaches 5x).
 
-    .venv/bin/python benchmarks/cam_localisation.py --run /work/qs-base
+    .venv/bin/python benchmarks/cam_localisation.py --run runs/quickstart
     .venv/bin/python benchmarks/cam_localisation.py --run runs/quickstart --clips 100 --methods gradcam,gradcam-elementwise
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zeroi2v.explain import CAM_METHODS, box_clips, localisation, mass_in_boxes, upsample, _box_masks  # noqa: E402
+from zeroi2v.explain import CAM_METHODS, upsample  # noqa: E402
+from zeroi2v.explain_boxes import _box_masks, box_clips, localisation, mass_in_boxes  # noqa: E402
 from zeroi2v.merge import load_merged  # noqa: E402
 
 

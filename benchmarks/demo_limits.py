@@ -96,7 +96,10 @@ MEMORY_CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {code!r})
-from app.app import DemoBackend, InputError
+try:  # this checkout (the demo in the package); --code may name one from before it moved
+    from zeroi2v.demo import DemoBackend, InputError
+except ImportError:
+    from app.app import DemoBackend, InputError
 
 def status(key):  # kB -> MB, from /proc/self/status
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key + ":")) / 1024
@@ -119,7 +122,10 @@ print(json.dumps({{"base_mb": base, "peak_mb": status("VmHWM"), "process_peak_mb
 WAIT_CHILD = """
 import json, sys, threading, time
 sys.path.insert(0, {code!r})
-from app.app import launch
+try:  # this checkout (the demo in the package); --code may name one from before it moved
+    from zeroi2v.demo import launch
+except ImportError:
+    from app.app import launch
 from gradio_client import Client, handle_file
 demo = launch({ckpt!r}, host="127.0.0.1", port={port}, prevent_thread_lock=True, quiet=True, threads=1)
 url = "http://127.0.0.1:{port}"

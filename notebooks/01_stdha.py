@@ -59,7 +59,7 @@ print("SMALL =", SMALL, "| torch", torch.__version__, "| threads", torch.get_num
 
 # %%
 from zeroi2v.stdha import (BOUNDARIES, PRESET_SOURCE, PRESETS, STDHA, format_offsets, parse_offsets,
-                           shift_heads, source_frames, stdha_attention)
+                           source_frames, stdha_attention)
 
 print(parse_offsets("1x2,-1x2,0x8", num_heads=12))
 print(parse_offsets("{1·2, -1·2, 0·8}", num_heads=12))  # the paper's notation

@@ -75,6 +75,15 @@ def test_help_and_predict_outside_the_checkout(installed, tmp_path):
     assert '"class": "left"' in out.stdout or '"class": "right"' in out.stdout or '"class": "still"' in out.stdout
 
 
+def test_the_packaged_recipe_base_resolves_outside_the_checkout(installed, tmp_path):
+    """`init` writes `base: zeroi2v:configs/base/...`: that base must be inside the wheel."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: zeroi2v:configs/base/clip_vit_b16.yaml\noptim: {lr: 1.0e-4}\n")
+    out = _run(installed, "zeroi2v", "config", "show", str(mine))
+    assert out.returncode == 0, out.stderr
+    assert "lr: 0.0001" in out.stdout and "backbone: ViT-B-16" in out.stdout and "randaugment" in out.stdout
+
+
 def test_demo_serves_http_200_on_localhost(installed):
     venv, env, where = installed
     with socket.socket() as s:

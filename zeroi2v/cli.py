@@ -155,7 +155,7 @@ def cmd_eval(a):
     from zeroi2v.data.build import build_datasets
     cfg = load_config(a.config, a.overrides)
     model = _load_any(a)
-    _, val_set, test_set = build_datasets(cfg, model.image_size)  # the training list gives the class order
+    _, val_set, test_set = build_datasets(cfg, model.image_size, splits=("test",))  # class order: training list
     dataset = test_set or val_set
     if dataset is None:
         raise ValueError("the config names no test_ann or val_ann to evaluate on")

@@ -47,8 +47,9 @@ class DataConfig:
     'kinetics' (csv), 'ssv2' (json), 'ucf101', 'hmdb51' (official split files), 'diving48' (json), 'folder'
     (one folder per class)."""
     format_args: dict = field(default_factory=dict)
-    """Extra keyword arguments for the format reader, e.g. ``{split: 1}`` for UCF101/HMDB51 or
-    ``{labels_json: /data/ssv2/labels.json}`` for SSv2."""
+    """Extra keyword arguments for the format reader, e.g. ``{split: 1}`` for UCF101/HMDB51,
+    ``{labels_json: /data/ssv2/labels.json}`` for SSv2, or ``{classes: classes.txt}`` (a file, one name per
+    line, or a list) to name the classes of an mmaction or Kinetics list."""
     root: str | None = None
     """Folder the video paths of the annotation files are relative to (None: paths are used as written)."""
     train_ann: str | None = None
@@ -239,7 +240,11 @@ class Config:
                              "optim.backbone_lr_mult must be >= 0")
         if t.max_steps is not None and t.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1 or null, got {t.max_steps}")
-        check_model_config(self.model)
+        facts = check_model_config(self.model)
+        if d.size is not None and d.size != facts["image_size"]:
+            raise ValueError(f"data.size={d.size} but the backbone {self.model.backbone} takes {facts['image_size']}-px "
+                             f"images (its positional embedding is fixed); set data.size: null to use the "
+                             f"backbone's size, or pick a backbone made for {d.size}-px images")
         return self
 
 
@@ -288,12 +293,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ValueError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
-def config_from_data(data: Any) -> Config:
-    """A typed Config from nested plain data (old flat model keys upgraded), not validated."""
+def config_from_data(data: Any, notice: bool = True) -> Config:
+    """A typed Config from nested plain data (old flat model keys upgraded, with a notice unless ``notice``
+    is False), not validated."""
     from zeroi2v.config_files import to_structured
     model, start = None, None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        model, specs = _component_specs(upgrade_model_dict(data["model"]), "model.")
+        model, specs = _component_specs(upgrade_model_dict(data["model"], notice), "model.")
         data, start = {**data, "model": model}, Config(model=ModelConfig(**specs))
     return to_structured(Config, data, start=start)
 

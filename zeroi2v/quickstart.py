@@ -6,7 +6,8 @@
 3. From the same frozen image model, train ZeroI2V (STDHA + linear adapters), adapters without
    STDHA (every Δt = 0), and a linear probe on frame-averaged features.
 4. Merge ZeroI2V, test merged and unmerged with multi-view testing, count params and FLOPs and time
-   the plain image model against the merged one in one process; Grad-CAM sanity check.
+   the plain image model against the merged one in one process; Grad-CAM localisation (mass inside
+   the moving object's box, spatial and temporal heads, against chance).
 5. Write ``report.json`` (and print it as a table), ``merged/`` for the demo and ``examples/``.
 Stages 1 and 2 are cached in the output folder: a second run starts at stage 3.
 """

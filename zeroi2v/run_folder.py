@@ -119,6 +119,11 @@ def config_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]
 
     if not old:
         return []
+    from zeroi2v.config import config_from_data
+    try:  # a checkpoint of an older version: its config in today's form (flat model keys upgraded)
+        old = config_from_data(old, notice=False).to_dict()
+    except ValueError:
+        pass  # keys this version does not know: compare the ones both sides have
     before, after = flat(old), flat(new)
     return [f"{key} {_show(before[key])} -> {_show(after[key])}" for key in after
             if key in before and before[key] != after[key] and key not in HARMLESS
@@ -272,7 +277,7 @@ def load_run(run: str | Path):
         raise FileNotFoundError(f"{run} is not a training run folder (needs {CHECKPOINT}, written by `zeroi2v train`)")
     ckpt = load_checkpoint(path)
     try:
-        cfg = ModelConfig.from_dict(ckpt["config"]["model"]) if isinstance(ckpt.get("config"), dict) \
+        cfg = ModelConfig.from_dict(ckpt["config"]["model"], notice=False) if isinstance(ckpt.get("config"), dict) \
             else _run_config(run).model
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} holds a model config this version cannot read ({e})") from e

@@ -58,8 +58,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
 
-# --- checkpoints (issue 9 rewrites these three; they then move to zeroi2v.run_folder) -----------------
-
 # --- the training loop: set-up, then per epoch its optimiser steps and its end, then the finish ------------
 
 def train(cfg: Config, resume: bool = False, model: nn.Module | None = None, train_set: Dataset | None = None,

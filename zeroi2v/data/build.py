@@ -47,7 +47,7 @@ def build_datasets(cfg: Config, image_size: int, splits: Sequence[str] = ("train
         kwargs = {_ANNOTATION_ARG[d.format]: path, **d.format_args}
         if d.format in ("ucf101", "hmdb51"):
             kwargs.setdefault("subset", subset)
-        if classes is not None and d.format in ("mmaction", "kinetics") and "classes" not in kwargs:
+        if classes is not None and d.format in ("mmaction", "kinetics", "folder") and "classes" not in kwargs:
             kwargs["classes"] = classes  # validation/test labels follow the training class order
         return read_annotation(d.format, **kwargs)
 
@@ -57,6 +57,11 @@ def build_datasets(cfg: Config, image_size: int, splits: Sequence[str] = ("train
     train_set = val_set = test_set = None
     classes = None
     common = dict(seed=cfg.train.seed, on_missing=d.on_missing, cache_decoded=d.cache_decoded)
+    if d.train_ann and "train" not in splits:  # evaluation only: the training list gives the class order,
+        try:                                     # its videos are neither needed nor checked
+            classes = annotation(d.train_ann, "train", None).classes
+        except FileNotFoundError:
+            classes = None  # no training annotation here: the evaluation split's own order
     if d.train_ann and "train" in splits:
         ann = annotation(d.train_ann, "train", None)
         classes = ann.classes

@@ -180,12 +180,20 @@ def read_diving48(json_file: PathLike, vocab_json: PathLike | None = None, ext: 
     return _checked(samples, names, json_file)
 
 
-def read_folder(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Annotation:
-    """Folder per class: `root/<class>/*.mp4`; classes are the sorted folder names, paths relative to root."""
+def read_folder(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                classes: Sequence[str] | None = None) -> Annotation:
+    """Folder per class: `root/<class>/*.mp4`; paths relative to root. Classes are the sorted folder names,
+    or ``classes`` (the training split's order, so that a validation folder missing a class keeps every
+    other label); a folder that is not one of ``classes`` is an error naming it."""
     root = Path(root)
-    names = sorted(d.name for d in root.iterdir() if d.is_dir())
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    names = list(classes) if classes is not None else found
+    unknown = [n for n in found if n not in names]
+    if unknown:
+        raise ValueError(f"{root}: class folder(s) {unknown[:5]} are not among the training classes; "
+                         f"rename or remove them, or add them to the training folder")
     samples = [Sample(f"{name}/{f.name}", label)
-               for label, name in enumerate(names)
+               for label, name in enumerate(names) if (root / name).is_dir()
                for f in sorted((root / name).iterdir()) if f.suffix.lower() in extensions]
     return Annotation(samples, names)
 

@@ -18,8 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-CLIP_MEAN = (122.769, 116.74, 104.04)  # OpenAI CLIP pixel statistics, 0–255 scale, RGB
-CLIP_STD = (68.493, 66.63, 70.321)
+from zeroi2v.model_config import CLIP_MEAN, CLIP_STD  # noqa: E402,F401  (one definition, torch-free)
 
 # Something-Something v2 classes that a horizontal flip turns into each other
 # ("Pushing something from left to right" <-> "... from right to left", and the two other pairs).
@@ -148,13 +147,10 @@ class TestTransform:
 
 DIRECTION_WORDS = {"left": "right", "right": "left", "leftward": "rightward", "rightward": "leftward",
                    "leftwards": "rightwards", "rightwards": "leftwards", "clockwise": "anticlockwise",
-                   "anticlockwise": "clockwise", "counterclockwise": "clockwise", "cw": "ccw", "ccw": "cw",
-                   "up": None, "down": None, "upward": None, "downward": None, "upwards": None, "downwards": None,
-                   "before": None, "after": None, "forward": None, "backward": None, "forwards": None,
-                   "backwards": None, "towards": None, "toward": None, "away": None, "push": None, "pull": None,
-                   "pushing": None, "pulling": None, "open": None, "opening": None, "close": None, "closing": None}
-"""Words that make a class name look directional (a flip or a reversal may turn the clip into another class);
-a word's horizontal mirror where it has one (left -> right), for suggesting ``flip_label_map`` pairs."""
+                   "anticlockwise": "clockwise", "counterclockwise": "clockwise", "cw": "ccw", "ccw": "cw"}
+"""Words whose meaning a horizontal mirror changes, each with its mirror (for suggesting ``flip_label_map``
+pairs). Only these make a class name 'directional' for flips: up/down, before/after, push/pull or open/close
+survive a left-right mirror unchanged (UCF101's PushUps stays PushUps), so they turn no flip off."""
 
 
 def name_words(name: str) -> list[str]:
@@ -165,8 +161,8 @@ def name_words(name: str) -> list[str]:
 
 
 def directional_classes(classes: Sequence[str]) -> list[str]:
-    """The class names that look directional (left/right, up/down, clockwise/anticlockwise, before/after,
-    forward/backward, push/pull, open/close, ...): flipping or reversing such clips may change their class."""
+    """The class names that a horizontal flip may turn into another class: those with a left/right or
+    clockwise/anticlockwise word (``DIRECTION_WORDS``)."""
     return [c for c in classes if any(w in DIRECTION_WORDS for w in name_words(c))]
 
 

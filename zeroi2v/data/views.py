@@ -2,10 +2,10 @@
 
     source ─ sampler (which frames) ─ one decode pass ─ transform (clip tensors) ─> views
 
-The training and evaluation data sets (``VideoDataset``), ``zeroi2v eval`` and ``predict``, the demo and
-Grad-CAM (``zeroi2v.explain``) and the quickstart all call ``clip_views``; ``model_views`` is its
-evaluation form for a model (its frame count, image size and pixel statistics), and ``make_sampler``
-the one place a sampler is chosen by name.
+The training and evaluation data sets (``VideoDataset``: ``decode_clips`` in its retry loop, then
+``transform_clips``), ``zeroi2v eval`` and ``predict``, the demo and Grad-CAM (``zeroi2v.explain``) and the
+quickstart all go through these functions; ``model_views`` is the evaluation form for a model (its frame
+count, image size and pixel statistics), and ``make_sampler`` the one place a sampler is chosen by name.
 """
 from __future__ import annotations
 

@@ -105,7 +105,10 @@ def build_app(checkpoint_dir: str | os.PathLike, keep_uploads: float = 900.0, **
     example, and ``keep_uploads`` seconds after their last analysis (until then the same upload can be
     explained again for another class or block).
     """
-    import gradio as gr
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ImportError("the demo needs Gradio: pip install \"zeroi2v[app]\" (or gradio)") from None
 
     backend = DemoBackend(resolve_checkpoint(checkpoint_dir), **limits)
     # delete_cache: Gradio's own sweep, every 10 min, of its files (uploads, results) older than 1 h
@@ -194,10 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
     a = p.parse_args(argv)
     try:
         launch(a.checkpoint, host=a.host, port=a.port, threads=a.threads)
-    except FileNotFoundError as e:
+    except Exception as e:  # one readable line, as the zeroi2v command line gives
+        if a.debug:
+            raise
         sys.exit(f"error: {e}")
 
 
