@@ -22,12 +22,12 @@ the files are always generated with this checkout's code.
 Measured on 2 shared CPU cores (peak RSS during the analysis / its rise above the RSS before it):
 
     upload @ model, 5 views     before issue 9          after
-    big40 @ 32 px               5591 MB / +4660 MB      1026 MB / +99 MB   (same top-1)
-    big40 @ 224 px              5741 MB / +4794 MB      1104 MB / +156 MB  (same top-1)
-    thin @ 224 px               3355 MB / +2409 MB      973 MB / +25 MB    (refused: frame area)
-    normal clip alone           0.40 s                  0.38 s
-    ... 1 s after long900       21.50 s                 0.55 s
-    long900 itself              22.5 s                  14.0 s
+    big40 @ 32 px               5591 MB / +4660 MB      1027 MB / +99 MB   (same top-1)
+    big40 @ 224 px              5741 MB / +4794 MB      1115 MB / +173 MB  (same top-1)
+    thin @ 224 px               3355 MB / +2409 MB      971 MB / +25 MB    (refused: frame area)
+    normal clip alone           0.40 s                  0.25 s
+    ... 1 s after long900       21.50 s                 0.32 s
+    long900 itself              22.5 s                  11.5 s
 
     .venv/bin/python benchmarks/demo_limits.py --out runs/bench/demo_limits
     .venv/bin/python benchmarks/demo_limits.py --out runs/bench/demo_limits --code /path/to/old/checkout
