@@ -416,6 +416,22 @@ else:  # headless: the first clip as a static figure, and the control driven onc
         print("ipywidgets not installed; static figure above")
 
 # %% [markdown]
+# ## Your own clips: `zeroi2v init`
+#
+# The same steps on your own videos start from one command. `zeroi2v init` looks at a folder per class or
+# an mmaction list (here, the list above with its `classes.txt`), counts classes and clips, names the
+# classes, picks sampling from the clips' lengths and sizes from the backbone, and writes a short config
+# that inherits the paper's recipe. Our classes move left and right, so it turns horizontal flips off and
+# says which pairs a `data.flip_label_map` would need to keep them.
+
+# %%
+from zeroi2v.cli import main as zeroi2v_cli
+
+zeroi2v_cli(["init", "--data", str(video_dir / "train.txt"), "--backbone", "zeroi2v-tiny",
+             "--out", str(WORK / "mine.yaml")])
+print((WORK / "mine.yaml").read_text())
+
+# %% [markdown]
 # Everything was written under `WORK` (a temporary folder). With `SMALL` it is removed; otherwise it
 # stays for a look (the merged checkpoint opens in the demo: `zeroi2v demo --checkpoint <WORK>/merged`).
 
