@@ -127,10 +127,8 @@ def _load_any(a):
     """A merged checkpoint directory, or the model of a training run folder; its ``cfg.class_names`` are the
     names the checkpoint records (a merged checkpoint's "class_names" entry first)."""
     if getattr(a, "checkpoint", None):
-        from zeroi2v.merge import load_merged, read_merged_config
-        model = load_merged(a.checkpoint)
-        model.cfg.class_names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names
-        return model
+        from zeroi2v.merge import load_merged
+        return load_merged(a.checkpoint)
     from zeroi2v.run_folder import load_run
     return load_run(a.run)
 
@@ -212,12 +210,11 @@ def cmd_predict(a):
     import torch
     from zeroi2v.data.decode import VideoDecodeError, open_video, too_few_frames
     from zeroi2v.data.views import model_views
-    from zeroi2v.merge import load_merged, read_merged_config
+    from zeroi2v.merge import load_merged
     for flag, value, what in (("--top", a.top, "classes to print per video"), ("--clips", a.clips, "views per video")):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1 ({what}), got {value}")
     model = load_merged(a.checkpoint)
-    model.cfg.class_names = read_merged_config(a.checkpoint).get("class_names") or model.cfg.class_names
     names = _shown_names(model, a.checkpoint)
     out, failed = {}, 0
     for path in a.videos:

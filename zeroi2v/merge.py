@@ -131,7 +131,8 @@ def read_merged_config(folder: str | Path) -> dict[str, Any]:
 
 
 def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> ZeroI2V:
-    """Load a merged checkpoint: the plain ViT + temporal operator + temporal embedding + head, no adapters."""
+    """Load a merged checkpoint: the plain ViT + temporal operator + temporal embedding + head, no adapters.
+    The model's ``cfg.class_names`` are the names the checkpoint records (its "class_names" entry first)."""
     from safetensors.torch import load_file
     folder = Path(folder)
     config, cfg = _read(folder)
@@ -143,6 +144,8 @@ def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> ZeroI
                          f"({e}); {REMAKE}") from None
     _check_weight_shapes(weights, model, config["backbone_cfg"])
     model.load_state_dict(load_file(str(weights)))
+    if config.get("class_names"):  # checked against the classifier by check_merged_config
+        model.cfg = replace(model.cfg, class_names=list(config["class_names"]))
     model.set_finetune("linear_probe")
     return model.to(device).eval()
 

@@ -139,8 +139,7 @@ class DemoBackend:
         self.config = read_merged_config(self.checkpoint_dir)
         self.model = load_merged(self.checkpoint_dir).eval()
         from zeroi2v.evaluate import class_labels
-        # the names the checkpoint records ("class_names", else model.class_names); 'class N' without them
-        self.model.cfg.class_names = self.config.get("class_names") or self.model.cfg.class_names
+        # the names the checkpoint records (load_merged applies them); 'class N' without them
         self.class_names = class_labels(self.model.cfg.class_names, self.model.head.out_features)
         if not self.model.cfg.class_names:
             log.warning("%s records no class names; classes show as 'class N'", self.checkpoint_dir)
