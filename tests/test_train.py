@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from zeroi2v.bench import measure_step
 from zeroi2v.cli import main
-from zeroi2v.config import load_config, save_config
+from zeroi2v.config import Config, load_config, save_config
 from zeroi2v.model import create_model
 from zeroi2v.optim import lr_factor, param_groups
 from zeroi2v.run_folder import load_checkpoint
@@ -93,6 +93,16 @@ def test_lr_factor_warmup_then_cosine():
     assert f[60] == pytest.approx(0.5) and f[110] == pytest.approx(0.0)
     assert all(a < b for a, b in zip(f[:10], f[1:11])) and all(a > b for a, b in zip(f[10:110], f[11:111]))
     assert lr_factor(0, 0, 10, 0.1) == pytest.approx(1.0)  # no warm-up
+
+
+def test_lr_factor_ends_at_min_lr():
+    """VidTAB's recipe: cosine to 1e-6 at lr 3e-4 (optim.min_lr), reached at the last step and not before."""
+    end = 1e-6 / 3e-4
+    f = [lr_factor(s, 5, 25, 0.1, end) for s in range(26)]
+    assert f[25] == pytest.approx(end) and f[24] > end and f[5] == pytest.approx(1.0)
+    assert f[15] == pytest.approx(end + (1 - end) * 0.5)
+    with pytest.raises(ValueError, match="optim.min_lr"):
+        Config.from_dict({"optim": {"lr": 1e-3, "min_lr": 1e-2}})
 
 
 def test_training_run_schedule_groups_failures_and_run_folder(tmp_path):

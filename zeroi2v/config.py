@@ -115,6 +115,9 @@ class OptimConfig:
     """Linear warm-up length in epochs (fractional allowed; converted to optimiser steps)."""
     warmup_start_factor: float = 0.1
     """Warm-up starts at ``lr × warmup_start_factor``."""
+    min_lr: float = 0.0
+    """Learning rate the cosine ends at, for the head (other groups keep their multiplier): 0 in the paper's
+    recipe, 1e-6 in VidTAB's few-shot one."""
     epochs: int = 40
     """Training epochs (paper: 40 for K400/UCF101/HMDB51, 50 for SSv2)."""
     label_smoothing: float = 0.0
@@ -238,6 +241,8 @@ class Config:
         if o.lr <= 0 or o.weight_decay < 0 or o.warmup_epochs < 0 or o.backbone_lr_mult < 0:
             raise ValueError("optim.lr must be > 0; optim.weight_decay, optim.warmup_epochs and "
                              "optim.backbone_lr_mult must be >= 0")
+        if not 0.0 <= o.min_lr <= o.lr:
+            raise ValueError(f"optim.min_lr must be in [0, optim.lr={o.lr}], got {o.min_lr}")
         if t.max_steps is not None and t.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1 or null, got {t.max_steps}")
         facts = check_model_config(self.model)

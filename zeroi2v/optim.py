@@ -43,13 +43,13 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
     return out
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, start_factor: float) -> float:
+def lr_factor(step: int, warmup_steps: int, total_steps: int, start_factor: float, end_factor: float = 0.0) -> float:
     """Multiplier of the peak lr after ``step`` optimiser steps: linear warm-up from ``start_factor``,
-    then half a cosine down to 0 at ``total_steps``."""
+    then half a cosine down to ``end_factor`` (``optim.min_lr / optim.lr``) at ``total_steps``."""
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -101,7 +101,7 @@ def build_optimiser(model: nn.Module, o: OptimConfig, steps_per_epoch: int, devi
     """AdamW over ``param_groups`` and its scheduler for ``o.epochs`` epochs of ``steps_per_epoch`` steps;
     ``amp`` applies on CUDA only (CPU trains in fp32)."""
     total_steps, warmup_steps = o.epochs * steps_per_epoch, round(o.warmup_epochs * steps_per_epoch)
-    schedule = lambda s: lr_factor(s, warmup_steps, total_steps, o.warmup_start_factor)  # noqa: E731
+    schedule = lambda s: lr_factor(s, warmup_steps, total_steps, o.warmup_start_factor, o.min_lr / o.lr)  # noqa: E731
     optimizer = torch.optim.AdamW(param_groups(model, o.lr, o.weight_decay, o.backbone_lr_mult), lr=o.lr, betas=o.betas)
     amp = amp if device_type == "cuda" else "none"
     return Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), schedule,
