@@ -106,7 +106,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
 
     image_dir = out / "image_model"
     with _stage(timings, "image model", log):
-        _image_model(s, out, image_dir, seed, log)
+        ensure_image_model(s, out, image_dir, seed, log)
     backbone = f"local-dir:{image_dir}"
     video_dir = out / "videos"
     with _stage(timings, "synthetic videos", log):
@@ -163,7 +163,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     return report
 
 
-def _image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
     """Stage 1: the small image model, pre-trained on synthetic stills (cached by its settings)."""
     key_file = image_dir / "pretrain.json"
     if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
