@@ -121,6 +121,7 @@ def test_a_missing_task_is_reported_and_skipped_while_the_others_load(tmp_path):
                                          "train_100.txt": {0: 100, 1: 100}})
     make_task(tmp_path, "Medical_Surgery", 16, {"train.txt": {label: 4 for label in range(16)}}, test="val.txt")
     (tmp_path / "Harmful_Content").mkdir()  # no label map, no test list
+    make_task(tmp_path, "Quality_Access", 0, {})  # an empty label map
     tasks, problems = find_tasks(tmp_path, ["AR_in_Dark", "Emotion_Analysis", "Fake_Face"])
     assert [t.name for t in tasks] == ["AR_in_Dark", "Fake_Face"]
     assert any(p.startswith("Emotion_Analysis: skipped, no folder") for p in problems)
@@ -130,6 +131,7 @@ def test_a_missing_task_is_reported_and_skipped_while_the_others_load(tmp_path):
     skipped = {p.split(":")[0] for p in problems if "skipped" in p}
     assert skipped == set(VIDTAB) - {"AR_in_Dark", "Medical_Surgery", "Fake_Face"}
     assert any("Harmful_Content: skipped, no" in p and "label_map.txt" in p for p in problems)
+    assert any("Quality_Access: skipped" in p and "no class names" in p for p in problems)
     assert any("AR_in_Dark: note" in p and "2011" in p for p in problems)  # 22 test clips here: a note
     assert any("AR_in_Dark: no train_16_fold1.txt" in p for p in problems)
 

@@ -153,7 +153,8 @@ def add_cli(sub) -> None:
 def cmd_fewshot_split(a) -> int:
     written = write_splits(a.list, a.shots, a.folds, a.seed, a.out, a.classes, a.force, label_map=None)
     for path in written:
-        print(f"{path}: {sum(1 for ln in read_text(path).splitlines() if ln.strip())} lines")
+        lines = sum(1 for ln in read_text(path).splitlines() if ln.strip())
+        print(f"{path}: {lines} {'class names' if path.name == LABEL_MAP else 'clips'}")
     if not any(p.name == LABEL_MAP for p in written):
         print(f"note: no class names given or found beside {a.list}; write {Path(a.out) / LABEL_MAP} "
               f"(one name per line) or pass --classes")

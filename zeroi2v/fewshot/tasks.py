@@ -150,6 +150,8 @@ def load_task(folder: PathLike, video_root: str | None = None) -> tuple[Task | N
     if problems:
         return None, problems
     classes = read_class_names(folder / LABEL_MAP)
+    if not classes:
+        return None, [f"{name}: skipped, {folder / LABEL_MAP} has no class names (one per line, line i = label i)"]
     root = Path(video_root.replace("{task}", name)) if video_root else folder
     task = Task(name, folder, classes, test, root, find_splits(folder, info))
     if info is not None:
