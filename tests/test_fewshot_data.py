@@ -101,6 +101,9 @@ def test_fewshot_split_cli_end_to_end(tmp_path, capsys):
     assert fold_bytes(out, 4, 3) != before
     assert main(args("0", ("40",))) == 2  # 40 shots of 20 clips
     assert "with fewer than 40 clips" in capsys.readouterr().err
+    full.unlink()
+    assert main(args()) == 2
+    assert f"{full}: no such file; give an mmaction train list" in capsys.readouterr().err
 
 
 def make_task(root: Path, name: str, classes: int, splits: dict[str, dict[int, int]],

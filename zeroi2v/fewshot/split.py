@@ -113,6 +113,9 @@ def write_splits(list_file: PathLike, shots: Sequence[int], folds: int, seed: in
     out_dir/label_map.txt: the given or derivable names (`class_names_for`); label_map=True also writes
     "0", "1", ... when none are found, None writes it only when found, False never. Returns what it wrote
     or found identical, label map last."""
+    if not Path(list_file).is_file():
+        raise FewShotError(f"{list_file}: no such file; give an mmaction train list (`relative/path.mp4 label` "
+                           f"per line)")
     names = class_names_for(list_file, classes)
     annotation = read_mmaction_list(list_file, classes=names)
     out = Path(out_dir)
