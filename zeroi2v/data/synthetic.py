@@ -110,12 +110,13 @@ class ObjectTrack:
 
 
 def render(track: ObjectTrack, background: np.ndarray, rng: np.random.Generator, noise: float = 3.0,
-           supersample: int = 3) -> tuple[np.ndarray, np.ndarray]:
+           supersample: int = 3, brightness: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 (T, S, S, 3) and tight boxes float (T, 4) = (x0, y0, x1, y1) in pixels.
 
     background: (S, S, 3), or (T, S, S, 3) for one per frame (stills). noise: Gaussian sigma on 0–255,
-    fresh per frame. supersample: anti-aliasing factor. Boxes are in unwrapped coordinates: an object that
-    crosses an edge (drawn on both sides) has a box reaching past 0 or S.
+    fresh per frame. supersample: anti-aliasing factor. brightness: the scene (background and object) is
+    scaled by it before the noise is added, e.g. 0.3 for a dark scene. Boxes are in unwrapped coordinates:
+    an object that crosses an edge (drawn on both sides) has a box reaching past 0 or S.
     """
     size = background.shape[-2]
     t = len(track.x)
@@ -141,7 +142,10 @@ def render(track: ObjectTrack, background: np.ndarray, rng: np.random.Generator,
             mask[sel] = _inside(shape, u[sel], v[sel])
     alpha = mask.reshape(t, size, supersample, size, supersample).mean(axis=(2, 4))[..., None]
     colour = _COLOURS[track.colour][:, None, None, :]
-    frames = background * (1 - alpha) + colour * alpha + rng.normal(0, noise, (t, size, size, 3)).astype(f32)
+    scene = background * (1 - alpha) + colour * alpha
+    if brightness != 1.0:
+        scene = scene * f32(brightness)
+    frames = scene + rng.normal(0, noise, (t, size, size, 3)).astype(f32)
     frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
     # Boxes: extreme torus offsets of the covered pixel columns / rows (covered: alpha > 0.5).
@@ -357,12 +361,13 @@ def flip_label_map(classes: list[str]) -> dict[int, int]:
 
 
 def make_clip(name: str, rng: np.random.Generator, num_frames: int = 16, size: int = 32,
-              noise: float = 3.0) -> tuple[np.ndarray, np.ndarray, ObjectTrack]:
-    """One clip of class `name` in memory: (frames uint8 (T, S, S, 3), boxes (T, 4), track)."""
+              noise: float = 3.0, brightness: float = 1.0) -> tuple[np.ndarray, np.ndarray, ObjectTrack]:
+    """One clip of class `name` in memory: (frames uint8 (T, S, S, 3), boxes (T, 4), track); noise and
+    brightness as in `render`."""
     if name not in REGISTRY:
         raise ValueError(f"unknown synthetic class {name!r}; known: {', '.join(REGISTRY)}")
     track = REGISTRY[name].make(rng, num_frames, size)
-    frames, boxes = render(track, random_background(rng, size), rng, noise)
+    frames, boxes = render(track, random_background(rng, size), rng, noise, brightness=brightness)
     return frames, boxes, track
 
 
