@@ -29,8 +29,22 @@ def killed_on_second_call(x: int, calls: str) -> dict:
     return {"value": x * x}
 
 
+def hangs_on_second_call(x: int, calls: str) -> dict:
+    """Like ``killed_on_second_call``, but the second call hangs (for a real SIGKILL from the test)."""
+    n = len(os.listdir(calls))
+    Path(calls, f"call{n}_x{x}").touch()
+    if n == 1:
+        time.sleep(120)
+    return {"value": x * x}
+
+
 def torch_threads(delay: float = 0.0) -> dict:
     """The worker's torch threads and process id."""
     import torch
     time.sleep(delay)
     return {"threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+def not_json() -> dict:
+    """A result that pickles but is not JSON (a set)."""
+    return {"value": {1, 2}}

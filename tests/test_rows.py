@@ -3,7 +3,9 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,29 @@ def test_resume_after_a_kill_skips_finished_rows_and_never_duplicates(tmp_path):
     assert (again.done, again.skipped) == (0, 3)
 
 
+def test_a_sigkilled_run_leaves_only_finished_rows(tmp_path):
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    store = ResultStore(tmp_path / "out")
+    rows = [_row("hangs_on_second_call", f, x=f, calls=str(calls)) for f in (1, 2, 3)]
+    script = ("import sys; from zeroi2v.rows import ResultStore, Row, run_rows; "
+              f"run_rows([Row(**r) for r in {[r.__dict__ for r in rows]!r}], ResultStore(sys.argv[1]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(store.folder)], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(calls)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no handler, no cleanup
+        proc.wait()
+    assert len(os.listdir(calls)) == 2
+    assert [p.name for p in _files(store)] == [f"{rows[0].id}.json"]
+    summary = run_rows(rows, store, log=lambda s: None)
+    assert (summary.done, summary.skipped) == (2, 1)
+    assert [r["value"] for r in store.rows()] == [1, 4, 9]
+
+
 def test_a_changed_config_hash_is_refused_before_anything_runs(tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
@@ -92,6 +117,10 @@ def test_a_failing_row_is_one_log_line_and_the_others_go_on(tmp_path):
     line = [s for s in log if rows[1].id in s and "FAILED" in s]
     assert line == [f"[rows] 2/3 {rows[1].id}: FAILED: ValueError: row 2 is broken on two lines"]
     assert any(s.startswith(f"[rows] 3/3 {rows[2].id}: done in ") and s.endswith("(value 9)") for s in log)
+    bad = Row({"task": "x"}, f"{FIX}:not_json")  # a result that cannot be written fails its row only
+    summary = run_rows([bad], store, log=log.append)
+    assert summary.failed == [(bad.id, "its result cannot be written: TypeError: Object of type set is not JSON "
+                                       "serializable")] and not store.path(bad).exists()
 
 
 def test_two_workers_run_rows_in_two_processes_with_their_share_of_threads(tmp_path):

@@ -1,23 +1,21 @@
 """Result rows: a list of independent runs, each written as one JSON file when it ends, resumable.
 
 A study (the few-shot benchmark's (task, shots, fold, method) grid, an ablation grid's (row, seed) pairs) is a
-list of ``Row``\\ s. Each row names a function (``"package.module:function"``, called as ``fn(**kwargs)``,
-returning a dict of JSON-able results) and a ``config_hash`` of everything that defines its result. This is
-the one-JSON-per-run approach of LAION's CLIP_benchmark, whose ``build`` step then tabulates the files.
+list of rows: a function (``"package.module:function"``, called as ``fn(**kwargs)``, returning a dict of
+JSON-able results) and a ``config_hash`` of what defines its result. This is the one-JSON-per-run approach of
+LAION's CLIP_benchmark, whose ``build`` step then tabulates the files.
 
-- **Where results live.** ``ResultStore(folder)`` keeps ``folder/rows/<row.id>.json``: the key, the config
-  hash, the result's fields, ``seconds`` and ``finished_at``. A file is written atomically and only when its
-  row ends, so a killed run costs at most the row(s) in flight, and a half-written file never exists.
-- **Resuming.** ``run_rows`` skips every row whose file exists with the same config hash, so a rerun of the
-  same command finishes the rest; a key always maps to the same file, so no row is ever stored twice. A
-  finished row with *another* config hash is refused before anything runs (the file, both hashes, the fix).
-- **Failures.** A row that raises is logged in one line (row id + message); nothing is written for it and the
-  other rows go on. ``RunSummary.failed`` lists them (the CLI exits non-zero); a rerun retries them.
-- **Several processes** (``workers > 1``): a ``spawn`` process pool (safe with CUDA), rows handed out one at
-  a time, each result written by the parent as it arrives (one writer per file). With CUDA each worker sees
-  one GPU (``CUDA_VISIBLE_DEVICES``, round-robin over the visible ones); on CPU each worker gets
-  ``max(1, cores // workers)`` torch threads. Ctrl-C stops the workers and drops the rows in flight.
-- **Slurm** (``launcher="submitit"``): one job per pending row through submitit (an optional dependency,
+- **Storing.** ``ResultStore(folder)`` keeps ``folder/rows/<row.id>.json`` (key, config hash, the result's
+  fields, ``seconds``, ``finished_at``), written atomically when the row ends: a killed run costs at most the
+  row(s) in flight. A rerun skips every row whose file has the same config hash, and a key always maps to the
+  same file (no row is stored twice); a finished row with *another* hash is refused before anything runs.
+- **Failures.** A row that raises is logged in one line (row id + message), nothing is written for it and the
+  others go on; ``RunSummary.failed`` lists them (the CLI exits non-zero) and a rerun retries them.
+- **Several processes** (``workers > 1``): a ``spawn`` pool (safe with CUDA; a script calling this needs the
+  ``if __name__ == "__main__":`` guard), rows handed out one at a time, results written by the parent as they
+  arrive. With CUDA each worker sees one GPU (``CUDA_VISIBLE_DEVICES``, round-robin over the visible ones); on
+  CPU each gets ``max(1, cores // workers)`` torch threads. Ctrl-C stops the workers.
+- **Slurm** (``launcher="submitit"``): one job per pending row through submitit (optional:
   ``pip install 'zeroi2v[slurm]'``); each job writes its own row's file with the same ``ResultStore.write``.
 """
 from __future__ import annotations
@@ -40,11 +38,9 @@ from typing import Any, Callable
 
 from zeroi2v.files import atomic_write_text, read_json
 
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*(?:_[A-Za-z0-9.+-]+)*")
-"""A readable id part: filename-safe, starts with a letter or digit, no trailing or doubled ``_`` (``__`` joins)."""
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*(?:_[A-Za-z0-9.+-]+)*")  # an id part that reads back as itself
 _MAX_ID = 150
-BOOKKEEPING = ("id", "key", "config_hash", "finished_at")
-"""Fields of a row's file that the runner writes; a result must not carry them."""
+BOOKKEEPING = ("id", "key", "config_hash", "finished_at")  # written by the store; a result must not carry them
 
 
 def config_hash(obj: Any) -> str:
@@ -88,7 +84,6 @@ class Row:
 @dataclass
 class RunSummary:
     """What ``run_rows`` did: rows run now, rows finished earlier, and the failures (row id, message)."""
-
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -205,7 +200,6 @@ def run_rows(rows: list[Row], store: ResultStore, workers: int = 1, launcher: st
 @dataclass
 class _Reporter:
     """The one log line per ended row, and the summary's counts."""
-
     total: int
     summary: RunSummary
     log: Callable[[str], Any]
@@ -215,9 +209,9 @@ class _Reporter:
     def ok(self, row: Row, result: dict, seconds: float) -> None:
         self.ended += 1
         self.summary.done += 1
-        try:
+        try:  # a display helper never stops the run
             extra = f" ({self.describe(result)})" if self.describe else ""
-        except Exception:  # noqa: BLE001 - a display helper never stops the run
+        except Exception:  # noqa: BLE001
             extra = ""
         self.log(f"[rows] {self.ended}/{self.total} {row.id}: done in {seconds:.1f} s{extra}")
 
@@ -237,8 +231,17 @@ def _run_serial(pending: list[Row], store: ResultStore, report: _Reporter) -> No
         except Exception as e:  # noqa: BLE001 - a failing row is reported, the others go on
             report.failed(row, _message(e))
             continue
+        _finish(row, result, seconds, store, report)
+
+
+def _finish(row: Row, result: dict, seconds: float, store: ResultStore, report: _Reporter) -> None:
+    """Write a row's result; a result that cannot be written (not JSON-able ...) fails that row only."""
+    try:
         store.write(row, result, seconds)
-        report.ok(row, result, seconds)
+    except (TypeError, ValueError) as e:
+        report.failed(row, f"its result cannot be written: {_message(e)}")
+        return
+    report.ok(row, result, seconds)
 
 
 def _visible_gpus() -> list[str]:
@@ -246,24 +249,16 @@ def _visible_gpus() -> list[str]:
     import torch
     if not torch.cuda.is_available():
         return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None and env.strip():
-        return [g.strip() for g in env.split(",") if g.strip()]
-    return [str(i) for i in range(torch.cuda.device_count())]
+    env = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return env or [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-_THREADS = 0
-"""In a pool worker on CPU: the torch threads it uses (0: leave torch's default)."""
+_THREADS = 0  # in a pool worker on CPU: the torch threads it uses (0: torch's default)
 
 
 def _init_worker(counter, gpus: list[str], threads: int) -> None:
-    """Pool worker start-up: its own GPU (before torch touches CUDA) or its share of the CPU threads (through
-    OMP_NUM_THREADS, read when torch is imported, and ``torch.set_num_threads`` before each row in case it was
-    imported earlier). Ctrl-C is left to the parent, which stops the workers (no traceback per worker)."""
+    """Pool worker start-up: its own GPU (before torch touches CUDA) or its share of the CPU threads (as
+    OMP_NUM_THREADS, and set in torch before each row). Ctrl-C is left to the parent, which stops the workers."""
     global _THREADS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with counter.get_lock():
@@ -276,8 +271,8 @@ def _init_worker(counter, gpus: list[str], threads: int) -> None:
         _THREADS = threads
 
 
-def _pool_call(fn: str, kwargs: dict) -> tuple[str, Any, float, int]:
-    """A row in a worker: ("ok", result, seconds, pid) or ("error", one-line message, seconds, pid)."""
+def _pool_call(fn: str, kwargs: dict) -> tuple[str, Any, float]:
+    """A row in a worker: ("ok", result, seconds) or ("error", one-line message, seconds)."""
     start = time.perf_counter()
     try:
         resolve(fn)  # imports the row's modules (torch among them, usually) before the threads are set
@@ -285,9 +280,9 @@ def _pool_call(fn: str, kwargs: dict) -> tuple[str, Any, float, int]:
         if _THREADS and torch is not None and torch.get_num_threads() != _THREADS:
             torch.set_num_threads(_THREADS)
         result, seconds = _call(fn, kwargs)
-        return "ok", result, seconds, os.getpid()
+        return "ok", result, seconds
     except Exception as e:  # noqa: BLE001 - sent back as text: any exception, picklable or not
-        return "error", _message(e), time.perf_counter() - start, os.getpid()
+        return "error", _message(e), time.perf_counter() - start
 
 
 _DIED = "a worker process died while this row ran (killed, or out of memory?); rerun to retry it"
@@ -297,7 +292,8 @@ def _run_pool(pending: list[Row], store: ResultStore, workers: int, report: _Rep
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")
     gpus = _visible_gpus()
-    threads = max(1, _cores() // workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
     report.log(f"[rows] {workers} worker processes, " + (f"GPUs {','.join(gpus)} round-robin" if gpus
                                                           else f"{threads} CPU thread(s) each"))
     todo = list(pending)
@@ -306,9 +302,10 @@ def _run_pool(pending: list[Row], store: ResultStore, workers: int, report: _Rep
                                    initargs=(ctx.Value("i", 0), gpus, threads))
         try:
             todo = _drain(pool, todo, store, workers, report)
-        except KeyboardInterrupt:
-            report.log("[rows] interrupted: stopping the workers; the rows in flight are not written, rerun "
-                       "the same command to go on")
+        except BaseException as e:  # Ctrl-C (or a bug): stop the workers, drop the rows in flight
+            if isinstance(e, KeyboardInterrupt):
+                report.log("[rows] interrupted: stopping the workers; the rows in flight are not written, "
+                           "rerun the same command to go on")
             for proc in list(getattr(pool, "_processes", {}).values()):
                 proc.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -330,14 +327,15 @@ def _drain(pool: ProcessPoolExecutor, todo: list[Row], store: ResultStore, worke
         for future in finished:
             row = running.pop(future)
             try:
-                status, value, seconds, _pid = future.result()
+                status, value, seconds = future.result()
             except BrokenProcessPool:
                 broken = True
                 report.failed(row, _DIED)
                 continue
+            except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be sent back (pickled)
+                status, value = "error", _message(e)
             if status == "ok":
-                store.write(row, value, seconds)
-                report.ok(row, value, seconds)
+                _finish(row, value, seconds, store, report)
             else:
                 report.failed(row, value)
         if broken:  # every row in flight is lost with the pool (which one killed it cannot be told)
@@ -365,8 +363,7 @@ def make_executor(kind: str, folder: str | os.PathLike, options: dict | None = N
 
 
 class RowFailed(RuntimeError):
-    """A row's exception in one line, raised by a submitit job (so its Slurm state is FAILED) and read back
-    from the job's trace by the parent."""
+    """A row's exception in one line, raised by its submitit job (Slurm state FAILED), found by the parent."""
 
 
 def run_job(row: Row, store_folder: str) -> dict:
