@@ -89,6 +89,8 @@ def run_fewshot(tasks: Sequence[Any], out: str | Path, shots: Sequence[int] = (4
     out = Path(out)
     recipe = load_recipe(config, overrides)
     rows, notes = plan_rows(tasks, shots, folds, methods, head_init, recipe, out, keep_checkpoints)
+    labels = list(dict.fromkeys([*(method_label(m, head_init) for m in methods),
+                                 *(r["key"]["method"] for r in ResultStore(out).rows())]))
     for note in dict.fromkeys(notes):
         log(f"[fewshot] note: {note}")
     store = ResultStore(out)
@@ -96,8 +98,10 @@ def run_fewshot(tasks: Sequence[Any], out: str | Path, shots: Sequence[int] = (4
         f"{len(methods)} methods) in {out}")
     summary = run_rows(rows, store, workers=workers, launcher=launcher, launcher_options=launcher_options,
                        log=log, describe=describe)
-    reports = write_reports(store.rows(), out)
-    log(f"[fewshot] results: {reports['markdown']}")
+    finished = store.rows()  # the report covers every row of the folder, earlier invocations' too
+    reports = write_reports(finished, out, methods=labels) if finished else {}
+    if reports:
+        log(f"[fewshot] results: {reports['md']} (+ {reports['csv'].name}, {reports['png'].name})")
     return {"summary": summary, "notes": notes, "reports": reports, "rows": len(rows)}
 
 
