@@ -162,3 +162,12 @@ def test_lit_text_tower_beats_chance_and_loads_as_clip(tmp_path):
     with torch.no_grad():
         pred = model(normalize_images(torch.from_numpy(data["images"][:240]))[:, :, None]).argmax(1)
     assert (pred.numpy() == data["colour"][:240]).mean() > 2 / 8
+
+
+def test_text_only_without_an_image_model_is_one_line(tmp_path, capsys):
+    from zeroi2v.cli import main
+    from zeroi2v.data.synthetic import make_synthetic_images
+    stills = make_synthetic_images(tmp_path / "stills", seed=0, n=8)["path"]
+    assert main(["pretrain-image", "--images", stills, "--out", str(tmp_path / "empty"), "--text-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(tmp_path / "empty" / "open_clip_config.json") in err and "not found" in err

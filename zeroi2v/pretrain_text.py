@@ -29,8 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zeroi2v.backbones import LOCAL_DIR, build_visual, get_model_config, load_state_dict_file, save_local_dir
-from zeroi2v.backbones.openclip import _resolve_weights
+from zeroi2v.backbones import LOCAL_DIR, create_visual, save_local_dir
 from zeroi2v.backbones.text import CLIP_INIT_LOGIT_SCALE, TextEncoder, build_text_tower, feature_norm_estimate, \
     tokenizer_for
 from zeroi2v.data.synthetic import COLOUR_NAMES, SHAPES
@@ -145,13 +144,11 @@ def pretrain_text_tower(local_dir, images: np.ndarray, labels: dict[str, np.ndar
     start = time.perf_counter()
     folder = Path(str(local_dir).removeprefix(LOCAL_DIR))
     name = f"{LOCAL_DIR}{folder}"
-    model_cfg = get_model_config(name)
+    visual, model_cfg = create_visual(name)  # the image tower with its projection, frozen from here on
     if not model_cfg.get("text_cfg"):
         raise ValueError(f"{folder}/open_clip_config.json has no text_cfg, so no text tower can be built; add "
                          f"open_clip's text_cfg (see zeroi2v/model_configs/zeroi2v-tiny.json)")
-    weights = load_state_dict_file(_resolve_weights(name, None))
-    visual = build_visual(model_cfg)
-    visual.load_state_dict({k[len("visual."):]: v for k, v in weights.items() if k.startswith("visual.")})
+    visual.requires_grad_(False)
     torch.manual_seed(seed)
     tower, tokenize = build_text_tower(model_cfg), CachedTokenizer(tokenizer_for(model_cfg))
     full_embedding = tower.token_embedding
@@ -186,9 +183,9 @@ def pretrain_text_tower(local_dir, images: np.ndarray, labels: dict[str, np.ndar
             f"{len(tokenize.index)} distinct captions so far")
     tower.token_embedding = tower.token_embedding.write_back(full_embedding)
     train_seconds = time.perf_counter() - start
-    proj = weights["visual.proj"]
+    proj, ln = visual.proj.detach(), visual.ln_post
     encoder = TextEncoder(tower.eval(), tokenize.tokenizer, proj, float(logit_scale.detach().exp().clamp(max=100)),
-                          feature_norm_estimate(proj, weights.get("visual.ln_post.weight"), weights.get("visual.ln_post.bias")))
+                          feature_norm_estimate(proj, ln.weight.detach(), ln.bias.detach()))
     accuracy = zero_shot_accuracy(encoder, image_emb[val_idx], {g: truth[val_idx, i] for i, g in enumerate(WORDS)})
     text = {k: v.detach().contiguous() for k, v in tower.state_dict().items()}
     save_local_dir(visual, model_cfg, folder, extra_tensors={**text, "logit_scale": logit_scale.detach().clone()})
