@@ -51,6 +51,12 @@ def _add_pretrain_image(sub):
     p.add_argument("--backbone", default="zeroi2v-tiny", help="model config to train from scratch")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", action="store_true",
+                   help="then train a text tower against the frozen image model (LiT) on captions of the same "
+                        "stills, so the folder is a whole CLIP: head_init 'text' and zero-shot work on it")
+    p.add_argument("--text-only", action="store_true",
+                   help="keep the image model already in --out and only train its text tower (implies --text)")
+    p.add_argument("--text-epochs", type=int, default=8, help="epochs of the text tower (with --text)")
     p.set_defaults(func=cmd_pretrain_image)
 
 
@@ -58,9 +64,13 @@ def cmd_pretrain_image(a):
     import numpy as np
     from zeroi2v.pretrain import pretrain_image_model
     data = np.load(a.images)
-    summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, a.out,
-                                   backbone=a.backbone, epochs=a.epochs, seed=a.seed)
-    print(json.dumps(summary, indent=1))
+    labels = {h: data[h] for h in data["heads"]}
+    if not a.text_only:
+        summary = pretrain_image_model(data["images"], labels, a.out, backbone=a.backbone, epochs=a.epochs, seed=a.seed)
+        print(json.dumps(summary, indent=1))
+    if a.text or a.text_only:
+        from zeroi2v.pretrain_text import pretrain_text_tower
+        print(json.dumps(pretrain_text_tower(a.out, data["images"], labels, epochs=a.text_epochs, seed=a.seed), indent=1))
 
 
 def _add_train(sub):

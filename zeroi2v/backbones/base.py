@@ -14,12 +14,15 @@ family's attributes:
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
 
 from zeroi2v.registry import Registry
+
+if TYPE_CHECKING:
+    from zeroi2v.backbones.text import TextEncoder
 
 BACKBONES = Registry("backbone family")
 PROJECTIONS = ("qkv", "q", "k", "v", "attn_out", "fc1", "fc2")
@@ -82,6 +85,13 @@ class Backbone:
     def build(cls, arch: dict[str, Any]) -> nn.Module:
         """A tower with random weights and no image-text projection."""
         raise NotImplementedError
+
+    @classmethod
+    def text_encoder(cls, name: str, pretrained: str | None) -> TextEncoder | None:
+        """CLIP's text tower from the weights ``create(name, pretrained)`` reads (``zeroi2v.backbones.text``),
+        for a head initialised from class names (``zeroi2v.text_head``); None when the family or its
+        weights have none (the default)."""
+        return None
 
     # --- structure
     @classmethod

@@ -23,6 +23,7 @@ import torch.nn as nn
 from open_clip.model import _build_vision_tower  # the one builder open_clip uses for every ViT tower
 
 from zeroi2v.backbones.base import BACKBONES, Backbone, BlockLayout
+from zeroi2v.backbones.text import TextEncoder, open_clip_text_encoder
 from zeroi2v.backbones.weights import is_torchscript_archive, load_state_dict_file
 from zeroi2v.files import atomic_write, atomic_write_text
 
@@ -175,6 +176,10 @@ class OpenCLIP(Backbone):
     @classmethod
     def build(cls, arch: dict[str, Any]) -> nn.Module:
         return _checked(build_visual(arch))
+
+    @classmethod
+    def text_encoder(cls, name: str, pretrained: str | None) -> TextEncoder | None:
+        return open_clip_text_encoder(name, pretrained)
 
     @classmethod
     def blocks(cls, tower: nn.Module) -> nn.ModuleList:
