@@ -191,9 +191,11 @@ def test_a_manipulated_clip_differs_from_a_real_one_in_exactly_one_middle_frame(
     t, size = 8, 32
     for seed in range(6):
         fake = _manipulated(np.random.default_rng(seed), t, size)
-        real = REGISTRY["slow"].make(np.random.default_rng(seed), t, size)  # same draws before the change
+        real = REGISTRY["still"].make(np.random.default_rng(seed), t, size)  # same draws before the change
         changed = (fake.x != real.x) | (fake.y != real.y) | (fake.colour != real.colour)
         assert np.flatnonzero(changed).tolist() in ([t // 2 - 1], [t // 2])
+        f = np.flatnonzero(changed)[0]  # half a frame away on both axes: as far as the torus allows
+        assert np.allclose(np.abs([fake.x[f] - real.x[f], fake.y[f] - real.y[f]]), size / 2)
 
 
 def test_make_suite_writes_the_layout_find_tasks_reads_and_caches_it(tmp_path):

@@ -35,7 +35,7 @@ from zeroi2v.backbones import display_name, family_of
 from zeroi2v.backbones.text import TextEncoder
 
 __all__ = ["TEMPLATES", "NoTextTowerError", "TextEncoder", "class_phrase", "class_embeddings", "text_head",
-           "init_head_from_text"]
+           "init_head_from_text", "text_head_for"]
 
 TEMPLATES: tuple[str, ...] = ("a photo of {}.", "a video of {}.", "a clip of {}.", "an example of {}.")
 """Prompt templates averaged per class (CLIP's zero-shot evaluation style; a small set of the kind of CLIP's
@@ -72,31 +72,38 @@ def text_head(encoder: TextEncoder, class_names: Sequence[str],
     return weight, torch.zeros(len(class_names))
 
 
+def text_head_for(model_cfg, class_names: Sequence[str], templates: Sequence[str] = TEMPLATES
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``text_head`` through the text tower of ``model_cfg``'s backbone (a ``ModelConfig``: its ``backbone``
+    and ``pretrained``); NoTextTowerError when its weights hold none."""
+    family, name = family_of(model_cfg.backbone)
+    encoder = family.text_encoder(name, model_cfg.pretrained)
+    if encoder is None:
+        shown = display_name(model_cfg.backbone)
+        weights = f" ({display_name(model_cfg.pretrained)})" if model_cfg.pretrained else \
+            (" (random initialisation: no weights)" if not name.startswith("local-dir:") else "")
+        raise NoTextTowerError(
+            f"backbone '{shown}' has no text tower in its weights{weights}: use head_init 'random', or load a "
+            f"full CLIP checkpoint (an open_clip tag, a .bin/.safetensors with the text weights, or a local-dir: "
+            f"folder that holds them; `zeroi2v pretrain-image --text-only` adds one to the quickstart's image model)")
+    return text_head(encoder, class_names, templates)
+
+
 def init_head_from_text(model, class_names: Sequence[str], templates: Sequence[str] = TEMPLATES) -> None:
     """Set ``model.head`` (a ``ZeroI2V``'s) from the class names through its backbone's text tower.
 
     NoTextTowerError when the backbone's weights hold none; ValueError when the head's shape does not fit
     (class count, or a text tower whose projection does not match the image tower's width).
     """
-    family, name = family_of(model.cfg.backbone)
-    encoder = family.text_encoder(name, model.cfg.pretrained)
-    if encoder is None:
-        shown = display_name(model.cfg.backbone)
-        weights = f" ({display_name(model.cfg.pretrained)})" if model.cfg.pretrained else \
-            (" (random initialisation: no weights)" if not name.startswith("local-dir:") else "")
-        raise NoTextTowerError(
-            f"backbone '{shown}' has no text tower in its weights{weights}: use head_init 'random', or load a "
-            f"full CLIP checkpoint (an open_clip tag, a .bin/.safetensors with the text weights, or a local-dir: "
-            f"folder that holds them; `zeroi2v pretrain-image --text-only` adds one to the quickstart's image model)")
     head = model.head
     if len(class_names) != head.out_features:
         raise ValueError(f"the model's head has {head.out_features} classes but {len(class_names)} class names "
                          f"were given; pass one name per class, in label order")
-    if encoder.visual_proj.shape[0] != head.in_features:
+    weight, bias = text_head_for(model.cfg, class_names, templates)
+    if weight.shape[1] != head.in_features:
         raise ValueError(f"backbone '{display_name(model.cfg.backbone)}': its image projection takes "
-                         f"{encoder.visual_proj.shape[0]} dims but the head reads {head.in_features}; the text "
+                         f"{weight.shape[1]} dims but the head reads {head.in_features}; the text "
                          f"tower's weights belong to another image tower")
-    weight, bias = text_head(encoder, class_names, templates)
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight))
         head.bias.copy_(bias.to(head.bias))

@@ -11,9 +11,10 @@ settings) and changes only what defines it:
 - ``zero_shot``: no training: the head made from the class names by CLIP's text tower
   (``zeroi2v.text_head``), on the same cached features; the floor every few-shot method must beat.
 
-The trained methods run ``zeroi2v.train.train`` and validate on the test list after every epoch (every
-``train.eval_every``): ``top1`` is the last epoch's (the headline), ``best_top1`` the best epoch's,
-selected on the test list and therefore optimistic (the benchmark's published runs report that one).
+The trained methods run ``zeroi2v.train.train`` (its output goes to the row's ``train.log``) and validate
+on the test list every ``train.eval_every`` epochs and after the last: ``top1`` is the last epoch's (the
+headline), ``best_top1`` the best evaluated epoch's, selected on the test list and therefore optimistic
+(the benchmark's published runs report that one); ``top1_curve`` lists (epoch, top-1) pairs.
 ``head_init: text`` starts any trained head from the class names instead of random weights.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -114,7 +116,9 @@ class TrainedMethod(Method):
             from zeroi2v.text_head import init_head_from_text
             init_head_from_text(model, spec.classes)
         train_set, val_set, _ = build_datasets(cfg, model.image_size, splits=("train", "val"))
-        out = train(cfg, model=model, train_set=train_set, val_set=val_set, test_set=val_set, force=True)
+        Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(spec.run_dir) / "train.log", "w", encoding="utf-8") as log, redirect_stdout(log):
+            out = train(cfg, model=model, train_set=train_set, val_set=val_set, test_set=val_set, force=True)
         if not out["finished"]:
             raise RuntimeError(f"the run in {spec.run_dir} stopped before its last epoch")
         if not spec.keep_checkpoint:  # rows keep their log, config and results; a ViT-L checkpoint per row would not fit
@@ -123,7 +127,7 @@ class TrainedMethod(Method):
         best_epoch, best = max(curve, key=lambda e: (e[1], e[0]))
         test = out["test"]
         return {"top1": test["top1"], "best_top1": best, "best_epoch": best_epoch, "epochs": cfg.optim.epochs,
-                "top1_per_epoch": [round(a, 6) for _, a in curve], "confusion": test["confusion"],
+                "top1_curve": [[e, round(a, 6)] for e, a in curve], "confusion": test["confusion"],
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "train_clips": len(train_set), "test_clips": test["num_samples"],
                 "decode_failures": out["decode_failures"]}

@@ -55,12 +55,12 @@ def run_suite(out: str | Path = "runs/fewshot_suite", seed: int = 0, shots: Sequ
     """Build (or reuse) the image model and the synthetic tasks, then run the rows; see ``run_fewshot``.
     ``image``: ``QuickstartSettings`` overrides for the image model; ``data``: ``make_suite`` options
     (``pool_per_class``, ``test_per_class``); ``overrides``: recipe ``--set`` overrides."""
-    from zeroi2v.fewshot.suite import make_suite
+    from zeroi2v.fewshot.suite import SUITE_TASKS, make_suite
     from zeroi2v.fewshot.tasks import find_tasks
     out = Path(out)
     image_dir = ensure_clip_model(out, seed, image, log)
     make_suite(out / "data", seed=seed, tasks=tasks, shots=tuple(shots), folds=max(folds), log=log, **(data or {}))
-    found, problems = find_tasks(out / "data", list(tasks) if tasks else "all")
+    found, problems = find_tasks(out / "data", list(tasks) if tasks else list(SUITE_TASKS))
     for line in problems:
         log(f"[fewshot] {line}")
     overrides = [f"model.backbone=local-dir:{image_dir}", *overrides]
