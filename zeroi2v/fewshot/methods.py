@@ -126,7 +126,7 @@ class TrainedMethod(Method):
         curve = [(row["epoch"], row["val_top1"]) for row in out["history"] if "val_top1" in row]
         best_epoch, best = max(curve, key=lambda e: (e[1], e[0]))
         test = out["test"]
-        return {"top1": test["top1"], "best_top1": best, "best_epoch": best_epoch, "epochs": cfg.optim.epochs,
+        return {"top1": test["top1"], "best_top1": round(best, 6), "best_epoch": best_epoch, "epochs": cfg.optim.epochs,
                 "top1_curve": [[e, round(a, 6)] for e, a in curve], "confusion": test["confusion"],
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "train_clips": len(train_set), "test_clips": test["num_samples"],
