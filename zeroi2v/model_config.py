@@ -34,7 +34,10 @@ class ModelConfig:
     """The temporal operator of every block (``zeroi2v.temporal.TEMPORAL``) and its spec. STDHA (paper
     Sec. 3.2): ``offsets``, the Δt multiset (string like '1x2,-1x2,0x8', a Table 11 preset name, a
     per-head list, or one spec per layer; null: all heads spatial), and ``boundary``, what a head reads
-    past the clip ends: 'self' (own K/V, the authors' choice) or 'zero'."""
+    past the clip ends: 'self' (own K/V, the authors' choice) or 'zero'. The other kinds (Table 1a):
+    ``token_shift`` ([cls]-token shift before attention and MLP) and ``channel_shift`` (temporal channel
+    shift in every head; ``targets: kv|qkv``) take ``fraction``, ``offsets`` and ``boundary``
+    (``zeroi2v.shifts``); ``none`` takes no key (every head spatial)."""
     adapter: dict | None = field(default_factory=lambda: {"kind": "linear", "placement": "4", "ratio": 0.25,
                                                           "scale": 1.0, "dropout": 0.0})
     """Adapters (``zeroi2v.adapters.ADAPTERS``) and their spec, or None: no adapters (a merged model).

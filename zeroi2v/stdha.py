@@ -187,6 +187,10 @@ class STDHA(TemporalOperator):
     def from_spec(cls, spec: Mapping[str, Any], *, layer: int, num_heads: int, num_frames: int) -> "STDHA":
         return cls(spec["offsets"][layer], num_frames, spec["boundary"])
 
+    @classmethod
+    def layer_offsets(cls, resolved: Mapping[str, Any]) -> list[list[int]]:
+        return [list(o) for o in resolved["offsets"]]
+
     @property
     def head_offsets(self) -> tuple[int, ...]:
         return self.offsets
