@@ -174,7 +174,10 @@ class ZeroI2V(nn.Module):
         return {"temporal_embedding", *(f"visual.{n}" for n in self.family.no_weight_decay)}
 
     def set_finetune(self, mode: str) -> None:
-        """Freeze as the paper does for ``mode`` (see ``ModelConfig.finetune``)."""
+        """Freeze as the paper does for ``mode`` (see ``ModelConfig.finetune``); 'temporal_heads' masks the
+        attention projections to the temporal heads' slices (``zeroi2v.tuning``)."""
+        from zeroi2v.tuning import clear_masks, mask_temporal_heads
+        clear_masks(self)
         trained = ("head.", "temporal_embedding", f"visual.{self.family.pool_norm}.")
         for name, p in self.named_parameters():
             if mode == "full":
@@ -183,6 +186,8 @@ class ZeroI2V(nn.Module):
                 p.requires_grad = name.startswith("head.")
             else:
                 p.requires_grad = ".adapters." in name or name.startswith(trained)
+        if mode == "temporal_heads":
+            mask_temporal_heads(self)
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame pooled tokens after the final norm: (B, C, T, H, W) -> (B, T, width)."""

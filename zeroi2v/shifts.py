@@ -21,8 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from zeroi2v.stdha import BOUNDARIES
-from zeroi2v.temporal import TEMPORAL, TemporalOperator
+from zeroi2v.temporal import BOUNDARIES, TEMPORAL, TemporalOperator
 
 TARGETS = ("kv", "qkv")
 

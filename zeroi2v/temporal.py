@@ -31,6 +31,9 @@ from zeroi2v.registry import Registry, with_defaults
 
 TEMPORAL = Registry("temporal operator")
 DEFAULT_KIND = "stdha"
+BOUNDARIES = ("self", "zero")
+"""What an operator reads when t + Δt falls outside the clip: ``self``, frame t's own values (the authors'
+code; STDHA's default), or ``zero``, zeros (the zero padding of TSM and TokShift; the shifts' default)."""
 
 
 class TemporalOperator(nn.Module):
