@@ -188,3 +188,12 @@ def test_a_fraction_that_moves_no_channel_is_named_at_the_first_clip():
     model = _model({"kind": "channel_shift", "fraction": 0.05}).eval()
     with pytest.raises(ValueError, match="model.temporal.fraction 0.05 moves no channel of a 8-channel"):
         model(torch.randn(1, 3, FRAMES, 32, 32))
+
+
+@pytest.mark.parametrize("module", ["zeroi2v.stdha", "zeroi2v.shifts"])
+def test_each_operator_module_imports_first(module):
+    """The operator modules import each other; whichever a program imports first must work."""
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-c", f"import {module}; from zeroi2v.temporal import TEMPORAL; "
+                    f"assert {{'stdha', 'token_shift', 'channel_shift', 'none'}} <= set(TEMPORAL)"], check=True)
