@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 
 from zeroi2v.config import Config, ModelConfig
 from zeroi2v.model import ZeroI2V
+from zeroi2v.tuning import count_trainable
 
 _aten = torch.ops.aten
 if hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu"):
@@ -304,7 +305,8 @@ def measure_step(cfg_or_model: "Config | ModelConfig | dict | nn.Module", batch_
     Args:
         cfg_or_model: a model, or a (model) config to build one from (random weights unless configured).
         batch_size: clips per step. steps: timed steps (after ``warmup`` untimed ones).
-        finetune: set the trainable parameters first ('adapters' = ZeroI2V, 'full', 'linear_probe').
+        finetune: set the trainable parameters first ('adapters' = ZeroI2V, 'full', 'linear_probe',
+            'temporal_heads'; a masked tensor counts by its trainable entries).
             For the paper's full fine-tuning baseline build the model with ``adapter=None`` (see
             ``compare_finetuning``).
         device: default CUDA when available. amp: 'bf16' | 'fp16' autocast on CUDA, else fp32.
@@ -365,7 +367,7 @@ def measure_step(cfg_or_model: "Config | ModelConfig | dict | nn.Module", batch_
         "backbone": getattr(getattr(model, "cfg", None), "backbone", type(model).__name__),
         "device": str(device), "amp": amp if cuda else "none", "batch_size": batch_size, "frames": frames,
         "image_size": size, "steps": steps, "step_time_s": step_time, "clips_per_s": batch_size / step_time,
-        "trainable_params": sum(p.numel() for p in params), "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": count_trainable(model), "total_params": sum(p.numel() for p in model.parameters()),
         "peak_mem_mb": round(peak, 1), "baseline_mem_mb": round(baseline, 1), "step_mem_mb": round(peak - baseline, 1),
         "mem_kind": kind, "threads": torch.get_num_threads(),
     }

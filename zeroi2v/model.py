@@ -40,8 +40,8 @@ class VideoBlock(nn.Module):
     """One pre-norm ViT block reading a clip: the backbone's weights, a temporal operator, adapters.
 
     ``x = x + ls1(A_out(P_out(attn(T_qkv(P_qkv(A_in(T_tok(norm1(x)))))))))`` and
-    ``x = x + ls2(M_out(fc2(act(fc1(M_in(norm2(x)))))))``: ``T_tok``/``T_qkv`` are the temporal
-    operator's two places, ``A``/``M`` the series adapters of each slot (parallel "delta" adapters add
+    ``x = x + ls2(M_out(fc2(act(fc1(M_in(T_mlp(norm2(x))))))))``: ``T_tok``/``T_qkv``/``T_mlp`` are the
+    temporal operator's three places (called only when it declares them), ``A``/``M`` the series adapters of each slot (parallel "delta" adapters add
     to their projection's output). The block adopts the backbone block's submodules under their own
     names and finds them through the family's ``BlockLayout``. ``q_probe``, ``k_probe`` and
     ``v_probe`` are identity modules on the per-head Q/K/V (B*T, heads, tokens, head_dim) *before*
@@ -113,7 +113,10 @@ class VideoBlock(nn.Module):
         for m in parts["ls1"]:
             h = m(h)
         x = x + h
-        h = self._project("fc1", self._adapt("mlp_in", parts["norm2"](x)))
+        h = parts["norm2"](x)
+        if self.temporal.on_mlp_tokens:
+            h = self.temporal.mlp_tokens(h)
+        h = self._project("fc1", self._adapt("mlp_in", h))
         for m in parts["act"]:
             h = m(h)
         h = self._adapt("mlp_out", self._project("fc2", h))
@@ -171,7 +174,10 @@ class ZeroI2V(nn.Module):
         return {"temporal_embedding", *(f"visual.{n}" for n in self.family.no_weight_decay)}
 
     def set_finetune(self, mode: str) -> None:
-        """Freeze as the paper does for ``mode`` (see ``ModelConfig.finetune``)."""
+        """Freeze as the paper does for ``mode`` (see ``ModelConfig.finetune``); 'temporal_heads' masks the
+        attention projections to the temporal heads' slices (``zeroi2v.tuning``)."""
+        from zeroi2v.tuning import clear_masks, mask_temporal_heads
+        clear_masks(self)
         trained = ("head.", "temporal_embedding", f"visual.{self.family.pool_norm}.")
         for name, p in self.named_parameters():
             if mode == "full":
@@ -180,6 +186,8 @@ class ZeroI2V(nn.Module):
                 p.requires_grad = name.startswith("head.")
             else:
                 p.requires_grad = ".adapters." in name or name.startswith(trained)
+        if mode == "temporal_heads":
+            mask_temporal_heads(self)
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame pooled tokens after the final norm: (B, C, T, H, W) -> (B, T, width)."""

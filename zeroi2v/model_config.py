@@ -15,7 +15,7 @@ from zeroi2v.config_files import NULLS
 
 CLIP_MEAN = (122.769, 116.74, 104.04)  # OpenAI CLIP pixel statistics, 0–255 scale, RGB
 CLIP_STD = (68.493, 66.63, 70.321)
-FINETUNE_MODES = ("adapters", "full", "linear_probe")
+FINETUNE_MODES = ("adapters", "full", "linear_probe", "temporal_heads")
 
 @dataclass
 class ModelConfig:
@@ -34,7 +34,10 @@ class ModelConfig:
     """The temporal operator of every block (``zeroi2v.temporal.TEMPORAL``) and its spec. STDHA (paper
     Sec. 3.2): ``offsets``, the Δt multiset (string like '1x2,-1x2,0x8', a Table 11 preset name, a
     per-head list, or one spec per layer; null: all heads spatial), and ``boundary``, what a head reads
-    past the clip ends: 'self' (own K/V, the authors' choice) or 'zero'."""
+    past the clip ends: 'self' (own K/V, the authors' choice) or 'zero'. The other kinds (Table 1a):
+    ``token_shift`` ([cls]-token shift before attention and MLP) and ``channel_shift`` (temporal channel
+    shift in every head; ``targets: kv|qkv``) take ``fraction``, ``offsets`` and ``boundary``
+    (``zeroi2v.shifts``); ``none`` takes no key (every head spatial)."""
     adapter: dict | None = field(default_factory=lambda: {"kind": "linear", "placement": "4", "ratio": 0.25,
                                                           "scale": 1.0, "dropout": 0.0})
     """Adapters (``zeroi2v.adapters.ADAPTERS``) and their spec, or None: no adapters (a merged model).
@@ -46,7 +49,10 @@ class ModelConfig:
     head_dropout: float = 0.5
     """Dropout before the classifier."""
     finetune: str = "adapters"
-    """What trains: 'adapters' (paper: adapters, temporal embedding, ln_post, head), 'full', 'linear_probe' (head)."""
+    """What trains: 'adapters' (paper: adapters, temporal embedding, ln_post, head), 'full', 'linear_probe' (head),
+    or 'temporal_heads' (Table 3's "only tuning temporal head": the Q/K/V rows and output columns of the heads
+    whose Δt is not 0, by a gradient mask, plus what 'adapters' trains; the paper's row has ``adapter: null``;
+    needs a temporal operator with per-head offsets, i.e. STDHA; see ``zeroi2v.tuning``)."""
     grad_checkpointing: bool = False
     """Recompute block activations in backward (less memory, ~30% slower steps)."""
     mean: tuple = CLIP_MEAN
@@ -135,6 +141,10 @@ def check_model_config(mc: ModelConfig, arch: dict[str, Any] | None = None) -> d
         raise ValueError(f"model.adapter.{e}") from None
     if mc.finetune not in FINETUNE_MODES:
         raise ValueError(f"model.finetune must be one of {list(FINETUNE_MODES)}, got {mc.finetune!r}")
+    if mc.finetune == "temporal_heads":
+        from zeroi2v.temporal import TEMPORAL
+        from zeroi2v.tuning import check_temporal_heads
+        check_temporal_heads(TEMPORAL[temporal["kind"]].layer_offsets(temporal), temporal["kind"])
     if not 0.0 <= mc.head_dropout <= 1.0:
         raise ValueError(f"model.head_dropout must be in [0, 1], got {mc.head_dropout}")
     if len(mc.mean) != 3 or len(mc.std) != 3:

@@ -16,13 +16,9 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from zeroi2v.temporal import TEMPORAL, TemporalOperator
+from zeroi2v.temporal import BOUNDARIES, TEMPORAL, TemporalOperator  # noqa: F401  (BOUNDARIES re-exported)
 
 OffsetSpec = Union[str, Sequence[int], Sequence[Sequence[int]], None]
-
-BOUNDARIES = ("self", "zero")
-"""What a temporal head reads when t + Δt falls outside the clip.
-``self``: frame t's own K/V (the authors' code; default). ``zero``: zero K/V (zero padding)."""
 
 # Paper Table 11. SSv2 rows are transcribed from Table 11b. Our copy of the paper lost the Δt column of
 # Table 11a (K400) and kept only its temporal receptive field (3/4/6 for 8/16/32 frames, both backbones);
@@ -186,6 +182,10 @@ class STDHA(TemporalOperator):
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, layer: int, num_heads: int, num_frames: int) -> "STDHA":
         return cls(spec["offsets"][layer], num_frames, spec["boundary"])
+
+    @classmethod
+    def layer_offsets(cls, resolved: Mapping[str, Any]) -> list[list[int]]:
+        return [list(o) for o in resolved["offsets"]]
 
     @property
     def head_offsets(self) -> tuple[int, ...]:

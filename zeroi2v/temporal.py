@@ -1,20 +1,24 @@
 """Temporal operators: what makes an image block see other frames at zero cost (paper Sec. 3.2).
 
-A temporal operator lives in every ``VideoBlock`` (``zeroi2v.model``) and may act in two places:
+A temporal operator lives in every ``VideoBlock`` (``zeroi2v.model``) and may act in three places:
 
 - ``tokens(x)``: the tokens of the attention branch, (B*T, N, C), after the block's first norm and
-  before any adapter or projection. Token shift and channel shift (TSM) act here.
+  before any adapter or projection. The [cls]-token shift acts here (``zeroi2v.shifts``).
+- ``mlp_tokens(x)``: the tokens of the MLP branch, (B*T, N, C), after the block's second norm and
+  before any adapter or fc1. The [cls]-token shift acts here too ("before MHSA and MLP", Table 1a).
 - ``qkv(q, k, v)``: the per-head queries, keys and values, (B*T, heads, N, head_dim), after the
-  projection and before the attention. STDHA (Eq. 7-9) acts here: it re-indexes K/V in time.
+  projection and before the attention. STDHA (Eq. 7-9) acts here: it re-indexes K/V in time; so
+  does the temporal channel shift of every head (``zeroi2v.shifts``).
 
 Frames are folded into the batch, frame-major within each video, so an operator reaches frame t + Δt
 of the same video by re-indexing the batch axis. The block calls only the places an operator declares
-(``on_tokens``, ``on_qkv``), so an unused place costs nothing.
+(``on_tokens``, ``on_mlp_tokens``, ``on_qkv``), so an unused place costs nothing.
 
 Operators are registered by name in ``TEMPORAL`` and configured by a spec, the model config's
 ``temporal: {kind: stdha, offsets: ..., boundary: ...}``. Each class checks its own spec once
 (``check_spec``); the config validation and the model both call that, nothing else parses it.
-A new operator is one subclass plus ``@TEMPORAL.register("name")``.
+A new operator is one subclass plus ``@TEMPORAL.register("name")``. Registered here: ``stdha`` (the
+default), ``token_shift``, ``channel_shift`` and ``none`` (every head spatial, the image model's blocks).
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ from zeroi2v.registry import Registry, with_defaults
 
 TEMPORAL = Registry("temporal operator")
 DEFAULT_KIND = "stdha"
+BOUNDARIES = ("self", "zero")
+"""What an operator reads when t + Δt falls outside the clip: ``self``, frame t's own values (the authors'
+code; STDHA's default), or ``zero``, zeros (the zero padding of TSM and TokShift; the shifts' default)."""
 
 
 class TemporalOperator(nn.Module):
@@ -34,6 +41,8 @@ class TemporalOperator(nn.Module):
 
     on_tokens: ClassVar[bool] = False
     """The block calls ``tokens(x)`` on the attention branch's input."""
+    on_mlp_tokens: ClassVar[bool] = False
+    """The block calls ``mlp_tokens(x)`` on the MLP branch's input."""
     on_qkv: ClassVar[bool] = False
     """The block calls ``qkv(q, k, v)`` before the attention."""
     defaults: ClassVar[dict[str, Any]] = {}
@@ -53,6 +62,13 @@ class TemporalOperator(nn.Module):
         """The operator of block ``layer`` from a spec that ``check_spec`` returned."""
         raise NotImplementedError
 
+    @classmethod
+    def layer_offsets(cls, resolved: Mapping[str, Any]) -> list[list[int]] | None:
+        """Per layer, per head, the frame offset each head reads from, read from a spec that ``check_spec``
+        returned; None when the operator has no per-head structure (the default). Temporal-head-only
+        tuning (``zeroi2v.tuning``) needs it."""
+        return None
+
     @property
     def head_offsets(self) -> tuple[int, ...] | None:
         """Per head, which frame offset its keys/values come from (0: its own frame), or None when the
@@ -62,8 +78,21 @@ class TemporalOperator(nn.Module):
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def mlp_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         return q, k, v
+
+
+@TEMPORAL.register("none")
+class NoTemporal(TemporalOperator):
+    """The identity: every head stays spatial, frames never meet before the head's mean over time (the
+    image model run frame by frame; with the temporal embedding it still sees frame order). No spec keys."""
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], *, layer: int, num_heads: int, num_frames: int) -> "NoTemporal":
+        return cls()
 
 
 def resolve_temporal(spec: Mapping[str, Any] | None, *, num_heads: int, num_layers: int, num_frames: int) -> dict:
@@ -84,3 +113,4 @@ def build_temporal(resolved: Mapping[str, Any], *, layer: int, num_heads: int, n
 
 
 from zeroi2v import stdha as _stdha  # noqa: E402,F401  (registers 'stdha')
+from zeroi2v import shifts as _shifts  # noqa: E402,F401  (registers 'token_shift', 'channel_shift')

@@ -45,6 +45,7 @@ from zeroi2v.distributed import DistEnv, init_distributed, rng_states, seed_ever
 from zeroi2v.evaluate import _split_batch, accuracy_lines, evaluate, save_results, summary
 from zeroi2v.model import create_model
 from zeroi2v.optim import build_optimiser
+from zeroi2v.tuning import count_trainable
 from zeroi2v.run_folder import (CHECKPOINT, Position, RunLog, check_resume, check_run_folder, checkpoint_state,
                                 class_names_for, fact_changes, load_checkpoint, restore, save_checkpoint, start_run)
 
@@ -140,7 +141,7 @@ class _Run:
         say(f"[zeroi2v] {len(self.sets[0])} clips, {env.world} process(es) × batch {t.batch_size} × accumulation "
             f"{self.accum} = {self.accum * t.batch_size * env.world} per step; {self.steps_per_epoch} steps/epoch, "
             f"{cfg.optim.epochs} epochs; device {env.device}, amp {self.opt.amp}; "
-            f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trainable parameters")
+            f"{count_trainable(self.model):,} trainable parameters")
 
     def train_epoch(self, epoch: int) -> _Meter | None:
         """The optimiser steps of one epoch (from the resume position in the first); returns its sums, or
