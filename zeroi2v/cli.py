@@ -207,9 +207,9 @@ def cmd_merge(a):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-5 classes for video files",
-                       description="Classify video files with a merged checkpoint or a run folder (views averaged). Frames "
-                                   "are decoded straight to the model's input size; a video needs at least "
-                                   "two frames (the demo's rule too).")
+                       description="Classify video files with a merged checkpoint or a run folder (views "
+                                   "averaged). Frames are decoded straight to the model's input size; a video "
+                                   "needs at least two frames (the demo's rule too).")
     p.add_argument("videos", nargs="+", help="video files (or rawframe folders)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="merged checkpoint directory")

@@ -1,4 +1,5 @@
-"""The demo without the page: load a merged checkpoint (or an unmerged run folder) once, check uploads, analyse (the tests call it too).
+"""The demo without the page: load a merged checkpoint (or an unmerged run folder) once, check uploads,
+analyse (the tests call it too).
 
 See ``zeroi2v.demo`` for what the page shows and how it stays safe under hostile uploads.
 """
