@@ -15,7 +15,8 @@ Adapter kinds are registered by name in ``ADAPTERS`` and configured by the model
   ``Δ(x) = x @ ΔW.T + Δb`` given by ``as_delta() -> (ΔW, Δb)``; merging adds ``ΔW, Δb`` to ``P``.
 - ``None``: it cannot be merged; ``not_mergeable`` says why (merging such a model is an error).
 
-A new kind is one ``Adapter`` subclass plus ``@ADAPTERS.register("name")``.
+A new kind is one ``Adapter`` subclass plus ``@ADAPTERS.register("name")``. The kinds the paper compares
+with (LoRA, the GELU adapter, ST-Adapter; Tables 2 and 3) are in ``zeroi2v.adapter_kinds``.
 """
 from __future__ import annotations
 
@@ -53,7 +54,11 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
     "4": ("attn_in", "attn_out", "mlp_in", "mlp_out"),          # paper default
     "6": ("q_in", "k_in", "v_in", "attn_out", "mlp_in", "mlp_out"),  # ViT-B 8-frame SSv2
     "3": ("attn_in", "attn_out", "mlp_in"),                     # without the one after fc2
+    "qv": ("q_in", "v_in"),                                     # LoRA's own choice (Hu et al. 2022)
 }
+PROJECTION_NAMES = {"qkv": "attn_in", "q": "q_in", "k": "k_in", "v": "v_in", "o": "attn_out",
+                    "fc1": "mlp_in", "fc2": "mlp_out"}
+"""A placement list may name projections instead of slots: each stands for the slot of its projection."""
 
 
 def placement_slots(placement: str | int | Sequence[str]) -> tuple[str, ...]:
@@ -63,10 +68,13 @@ def placement_slots(placement: str | int | Sequence[str]) -> tuple[str, ...]:
     if isinstance(placement, (str, int)):
         raise ValueError(f"unknown adapter placement {placement!r}; use one of {list(PLACEMENTS)} "
                          f"or a list of slots from {list(SLOTS)}")
-    slots = tuple(placement)
+    slots = tuple(PROJECTION_NAMES.get(s, s) if isinstance(s, str) else s for s in placement)
     unknown = [s for s in slots if s not in SLOTS]
     if unknown:
-        raise ValueError(f"unknown adapter slot(s) {unknown}; slots are {list(SLOTS)}")
+        raise ValueError(f"unknown adapter slot(s) {unknown}; slots are {list(SLOTS)} (or the projections "
+                         f"{list(PROJECTION_NAMES)})")
+    if len(set(slots)) != len(slots):
+        raise ValueError(f"placement {list(placement)} names a slot twice")
     if "attn_in" in slots and {"q_in", "k_in", "v_in"} & set(slots):
         raise ValueError("use either the shared 'attn_in' adapter or separate q_in/k_in/v_in, not both")
     return slots
@@ -81,6 +89,9 @@ class Adapter(nn.Module):
     not_mergeable: ClassVar[str] = "this adapter kind declares no merge rule"
     """Why a kind with ``merge = None`` cannot be folded (shown when merging is asked for)."""
     defaults: ClassVar[dict[str, Any]] = {}
+    needs: ClassVar[tuple[str, ...]] = ()
+    """Facts of the clip the kind needs at build time, passed to ``from_spec`` as keywords:
+    'num_frames' (T) and 'grid' (patches per side, (h, w)). Kinds that act on each token alone need none."""
 
     @classmethod
     def check_spec(cls, spec: Mapping[str, Any]) -> dict:
@@ -165,11 +176,20 @@ def resolve_adapter(spec: Mapping[str, Any] | None) -> dict | None:
     return {"kind": kind, "placement": slots, **cls.check_spec(spec)}
 
 
-def build_adapters(resolved: Mapping[str, Any] | None, dims: Mapping[str, tuple[int, int]]) -> dict[str, Adapter]:
-    """One adapter per slot of ``resolve_adapter``'s placement; ``dims``: projection -> (in, out)."""
+def build_adapters(resolved: Mapping[str, Any] | None, dims: Mapping[str, tuple[int, int]],
+                   clip: Mapping[str, Any] | None = None) -> dict[str, Adapter]:
+    """One adapter per slot of ``resolve_adapter``'s placement; ``dims``: projection -> (in, out).
+    ``clip``: the facts a kind may need (``Adapter.needs``); a callable value is called only when needed."""
     if resolved is None:
         return {}
     spec = dict(resolved)
     cls, slots = ADAPTERS[spec.pop("kind")], spec.pop("placement")
-    return {s: cls.from_spec(spec, in_dim=dims[SLOTS[s].projection][0], out_dim=dims[SLOTS[s].projection][1], slot=s)
-            for s in slots}
+    missing = [k for k in cls.needs if k not in (clip or {})]
+    if missing:
+        raise ValueError(f"adapter kind {cls.registry_name!r} needs {missing} of the clip to be built")
+    facts = {k: clip[k]() if callable(clip[k]) else clip[k] for k in cls.needs}
+    return {s: cls.from_spec(spec, in_dim=dims[SLOTS[s].projection][0], out_dim=dims[SLOTS[s].projection][1], slot=s,
+                             **facts) for s in slots}
+
+
+from zeroi2v import adapter_kinds  # noqa: E402,F401  (registers LoRA, GELU and ST-Adapter)

@@ -176,8 +176,10 @@ def cmd_eval(a):
 
 def _add_merge(sub):
     p = sub.add_parser("merge", help="fold the adapters of a training run into a merged checkpoint",
-                       description="Fold every linear adapter into its projection and write a merged "
-                                   "checkpoint directory (model.safetensors + config.json).")
+                       description="Fold every linear adapter (and LoRA) into its projection and write a merged "
+                                   "checkpoint directory (model.safetensors + config.json). Adapter kinds that "
+                                   "cannot merge (gelu, st_adapter) are refused with the reason, before anything "
+                                   "is written; use such a run unmerged (eval, predict and demo take --run).")
     p.add_argument("run", help="training run folder (config.yaml + checkpoint.pt)")
     p.add_argument("--out", required=True, help="merged checkpoint directory")
     p.add_argument("--verify", action="store_true", help="run both models on one random clip and print "
@@ -205,11 +207,13 @@ def cmd_merge(a):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-5 classes for video files",
-                       description="Classify video files with a merged checkpoint (views averaged). Frames "
-                                   "are decoded straight to the model's input size; a video needs at least "
-                                   "two frames (the demo's rule too).")
+                       description="Classify video files with a merged checkpoint or a run folder (views "
+                                   "averaged). Frames are decoded straight to the model's input size; a video "
+                                   "needs at least two frames (the demo's rule too).")
     p.add_argument("videos", nargs="+", help="video files (or rawframe folders)")
-    p.add_argument("--checkpoint", required=True, help="merged checkpoint directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="merged checkpoint directory")
+    src.add_argument("--run", help="training run folder, unmerged (uses its checkpoint.pt)")
     p.add_argument("--clips", type=int, default=1, help="temporal clips per video (views averaged), at least 1")
     p.add_argument("--top", type=int, default=5, help="classes to print per video, at least 1")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -220,12 +224,11 @@ def cmd_predict(a):
     import torch
     from zeroi2v.data.decode import VideoDecodeError, open_video, too_few_frames
     from zeroi2v.data.views import model_views
-    from zeroi2v.merge import load_merged
     for flag, value, what in (("--top", a.top, "classes to print per video"), ("--clips", a.clips, "views per video")):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1 ({what}), got {value}")
-    model = load_merged(a.checkpoint)
-    names = _shown_names(model, a.checkpoint)
+    model = _load_any(a)
+    names = _shown_names(model, a.checkpoint or a.run)
     out, failed = {}, 0
     for path in a.videos:
         error = None
@@ -308,8 +311,11 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="serve the Gradio demo on a merged checkpoint",
                        description="Start the Gradio demo: drop a video, see top-5 and Grad-CAM of the "
                                    "spatial and temporal heads.")
-    p.add_argument("--checkpoint", default=None, help="merged checkpoint directory "
-                                                      "(default: runs/quickstart/merged)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None, help="merged checkpoint directory "
+                                                        "(default: runs/quickstart/merged)")
+    src.add_argument("--run", default=None, help="training run folder, served unmerged (for adapter kinds "
+                                                 "that cannot merge)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.set_defaults(func=cmd_demo)
@@ -317,7 +323,7 @@ def _add_demo(sub):
 
 def cmd_demo(a):
     from zeroi2v.demo import launch
-    launch(a.checkpoint, host=a.host, port=a.port)
+    launch(a.checkpoint or a.run, host=a.host, port=a.port)
 
 
 def build_parser() -> argparse.ArgumentParser:

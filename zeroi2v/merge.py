@@ -74,14 +74,14 @@ def merge_adapters(model: ZeroI2V) -> ZeroI2V:
     Each adapter kind declares its rule (``Adapter.merge``): 'affine' adapters fold into the side of
     the projection their slot names, 'delta' adapters add their weight delta; others are refused.
     """
+    refusal = merge_refusal(model)
+    if refusal:
+        raise ValueError(refusal)
     merged = copy.deepcopy(model).eval()
     family = merged.family
     for i, blk in enumerate(merged.blocks):
         for slot, adapter in blk.adapters.items():
-            rule = getattr(adapter, "merge", None)
-            if rule not in ("affine", "delta"):
-                why = getattr(adapter, "not_mergeable", "it declares no merge rule")
-                raise ValueError(f"the {type(adapter).__name__} in block {i}, slot {slot} cannot be merged: {why}")
+            rule = adapter.merge
             where = SLOTS[slot]
             delta = adapter.as_delta() if rule == "delta" else None
             start = 0
@@ -98,6 +98,20 @@ def merge_adapters(model: ZeroI2V) -> ZeroI2V:
     for p in merged.parameters():
         p.requires_grad_(False)
     return merged
+
+
+def merge_refusal(model: ZeroI2V) -> str | None:
+    """Why ``model`` cannot be merged, in one line naming its adapter kind (None: it can). Checked before
+    anything is copied or written; the run stays usable unmerged (``zeroi2v eval/predict/demo --run``)."""
+    for i, blk in enumerate(model.blocks):
+        for slot, adapter in blk.adapters.items():
+            if getattr(adapter, "merge", None) not in ("affine", "delta"):
+                kind = getattr(adapter, "registry_name", type(adapter).__name__)
+                why = getattr(adapter, "not_mergeable", "it declares no merge rule")
+                return (f"adapter kind {kind!r} (block {i}, slot {slot}) cannot be merged: {why}. Use the run "
+                        f"unmerged instead: `zeroi2v eval CONFIG --run RUN`, `zeroi2v predict --run RUN`, "
+                        f"`zeroi2v demo --run RUN`")
+    return None
 
 
 def save_merged(model: ZeroI2V, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:

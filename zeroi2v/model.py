@@ -142,7 +142,8 @@ class ZeroI2V(nn.Module):
         self.adapter_spec = resolve_adapter(cfg.adapter)
         for i, blk in enumerate(list(blocks)):
             temporal = build_temporal(self.temporal_spec, layer=i, num_heads=heads, num_frames=cfg.num_frames)
-            adapters = build_adapters(self.adapter_spec, self.family.projection_dims(blk))
+            adapters = build_adapters(self.adapter_spec, self.family.projection_dims(blk),
+                                      clip={"num_frames": cfg.num_frames, "grid": lambda: self.family.grid(visual)})
             blocks[i] = VideoBlock(blk, self.family, temporal, adapters)
         width = self.family.width(visual)
         self.temporal_embedding = nn.Parameter(torch.zeros(cfg.num_frames, width)) if cfg.temporal_embedding else None

@@ -42,8 +42,10 @@ class ModelConfig:
                                                           "scale": 1.0, "dropout": 0.0})
     """Adapters (``zeroi2v.adapters.ADAPTERS``) and their spec, or None: no adapters (a merged model).
     ``placement``: '4' (before qkv, after out-proj, before fc1, after fc2), '6' (separate Q/K/V), '3',
-    or a list of slot names. The linear adapter (Sec. 3.3) takes ``ratio`` (bottleneck width / width),
-    ``scale`` (s) and ``dropout``."""
+    'qv', or a list of slot or projection names (q, k, v, qkv, o, fc1, fc2). ``kind``: 'linear' (Sec. 3.3;
+    ``ratio`` = bottleneck width / width, ``scale`` s, ``dropout``), 'lora' (``rank`` or ``ratio``,
+    ``alpha`` or ``scale``, ``dropout``), 'gelu' (as linear) or 'st_adapter' (as linear, plus ``kernel``
+    [t, h, w]); only linear and lora merge (``zeroi2v.adapter_kinds`` documents each)."""
     temporal_embedding: bool = True
     """A zero-initialised T × width embedding added to every token of frame t."""
     head_dropout: float = 0.5

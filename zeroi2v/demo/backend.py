@@ -1,4 +1,5 @@
-"""The demo without the page: load a merged checkpoint once, check uploads, analyse (the tests call it too).
+"""The demo without the page: load a merged checkpoint (or an unmerged run folder) once, check uploads,
+analyse (the tests call it too).
 
 See ``zeroi2v.demo`` for what the page shows and how it stays safe under hostile uploads.
 """
@@ -38,10 +39,27 @@ def resolve_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path:
             f"(trains a small model and writes {DEFAULT_CHECKPOINT}), or merge a trained run with "
             f"`zeroi2v merge`, then pass it: `zeroi2v demo --checkpoint DIR`.")
     path = Path(checkpoint_dir)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} is not a merged checkpoint (needs config.json and model.safetensors); "
-                                f"make one with `make quickstart` or `zeroi2v merge`")
+    if not _is_run_folder(path) and not ((path / "config.json").is_file() and (path / "model.safetensors").is_file()):
+        raise FileNotFoundError(f"{path} is not a merged checkpoint (needs config.json and model.safetensors) nor a "
+                                f"training run folder (needs checkpoint.pt); make one with `make quickstart`, "
+                                f"`zeroi2v train` or `zeroi2v merge`")
     return path
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A training run folder (``checkpoint.pt``) and not a merged checkpoint: served unmerged, as the
+    adapter kinds that cannot merge (GELU, ST-Adapter) must be."""
+    from zeroi2v.run_folder import CHECKPOINT
+    return (path / CHECKPOINT).is_file() and not (path / "model.safetensors").is_file()
+
+
+def load_served(folder: Path):
+    """(config, model) of a merged checkpoint, or ({}, the unmerged model) of a training run folder."""
+    from zeroi2v.merge import load_merged, read_merged_config
+    if _is_run_folder(folder):
+        from zeroi2v.run_folder import load_run
+        return {}, load_run(folder)
+    return read_merged_config(folder), load_merged(folder)
 
 
 def find_examples(checkpoint_dir: Path, config: dict[str, Any]) -> dict[str, Path]:
@@ -103,9 +121,14 @@ def facts_markdown(model, config: dict[str, Any]) -> str:
     ]
     if gflops is not None:
         lines.append(f"- **GFLOPs** (one view): {float(gflops):.3g}")
-    lines.append("- **Extra cost vs the image model: 0** FLOPs and 0 block parameters (STDHA only re-indexes "
-                 f"keys/values; adapters are merged into the weights); the temporal embedding adds {te:,} "
-                 "numbers to the input.")
+    kept = sum(p.numel() for n, p in model.named_parameters() if ".adapters." in n)
+    if kept:  # an unmerged run folder
+        lines.append(f"- **Unmerged run**: {f['adapters']} adapters kept at inference ({kept:,} parameters beyond "
+                     f"the image model, and their FLOPs); the temporal embedding adds {te:,} numbers to the input.")
+    else:
+        lines.append("- **Extra cost vs the image model: 0** FLOPs and 0 block parameters (STDHA only re-indexes "
+                     f"keys/values; adapters are merged into the weights); the temporal embedding adds {te:,} "
+                     "numbers to the input.")
     for key, value in extra.items():
         if key not in ("params", "gflops", "GFLOPs") and isinstance(value, (str, int, float)):
             lines.append(f"- **{key}**: {value}")
@@ -125,7 +148,6 @@ class DemoBackend:
     def __init__(self, checkpoint_dir: str | os.PathLike, warmup: bool = True, cam_method: str | None = None,
                  **limits: Any):
         from zeroi2v.explain import CAM_METHODS, DEFAULT_METHOD
-        from zeroi2v.merge import load_merged, read_merged_config
         # the CAM method of the maps: the one that put most of its mass on the moving object
         # (benchmarks/cam_localisation.py), unless the caller names another of CAM_METHODS
         self.cam_method = DEFAULT_METHOD if cam_method is None else str(cam_method)
@@ -136,8 +158,8 @@ class DemoBackend:
             raise TypeError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(DEFAULT_LIMITS)}")
         self.limits = {**DEFAULT_LIMITS, **limits}
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.config = read_merged_config(self.checkpoint_dir)
-        self.model = load_merged(self.checkpoint_dir).eval()
+        self.config, self.model = load_served(self.checkpoint_dir)
+        self.model.eval()
         from zeroi2v.evaluate import class_labels
         # the names the checkpoint records (load_merged applies them); 'class N' without them
         self.class_names = class_labels(self.model.cfg.class_names, self.model.head.out_features)

@@ -99,7 +99,7 @@ def _analyse(backend: DemoBackend, upload, example, target, block, clips, kept) 
 
 
 def build_app(checkpoint_dir: str | os.PathLike, keep_uploads: float = 900.0, **limits: Any):
-    """The demo page for a merged checkpoint directory, queued (two analyses at a time: see DemoBackend).
+    """The demo page for a merged checkpoint directory (or an unmerged run folder), queued (two analyses at a time: see DemoBackend).
 
     Uploads are deleted from Gradio's upload folder once refused, once replaced by another upload or
     example, and ``keep_uploads`` seconds after their last analysis (until then the same upload can be
@@ -193,7 +193,8 @@ def launch(checkpoint_dir: str | os.PathLike | None = None, host: str = "127.0.0
 def main(argv: list[str] | None = None) -> None:
     import argparse
     p = argparse.ArgumentParser(description="ZeroI2V demo (Gradio)")
-    p.add_argument("checkpoint", nargs="?", default=None, help="merged checkpoint directory")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="merged checkpoint directory, or a training run folder (served unmerged)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
