@@ -32,8 +32,10 @@ _NAME = re.compile(r"^([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?(?:\?(.*))?$")
 
 
 def _value(text: str) -> Any:
-    """A keyword value of a backbone name: int, float, true/false/none, or the text itself."""
+    """A keyword value of a backbone name: int, float, true/false/none, a tuple ``(2,2,6,2)``, or the text."""
     low = text.lower()
+    if low[:1] in "([" and low[-1:] in ")]":  # a tuple: depths=(2,2,6,2)
+        return tuple(_value(t.strip()) for t in text[1:-1].split(",") if t.strip())
     if low in ("true", "false"):
         return low == "true"
     if low in ("none", "null"):
