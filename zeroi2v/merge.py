@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from zeroi2v.adapters import SLOTS
-from zeroi2v.backbones import Backbone, Projection, display_name
+from zeroi2v.backbones import BACKBONES, DEFAULT_FAMILY, Backbone, Projection, display_name, family_of
 from zeroi2v.files import atomic_write, atomic_write_text
 from zeroi2v.model import ModelConfig, ZeroI2V, build_from_backbone_cfg
 
@@ -229,8 +229,7 @@ def check_merged_config(config: Any, where: str) -> ModelConfig:
             bad(f"the required key {key!r} is missing; {REMAKE}")
         if not isinstance(config[key], dict):
             bad(f"{key!r} must be a JSON object, got a JSON {type(config[key]).__name__}; {REMAKE}")
-    vision = _check_vision(config["backbone_cfg"], bad)
-    layers, heads = vision["layers"], vision["width"] // vision.get("head_width", 64)
+    layers, heads = _check_arch(config, bad)
     offsets = config.get("offsets_per_layer")
     if offsets is not None and not (isinstance(offsets, list) and len(offsets) == layers and all(
             isinstance(o, list) and len(o) == heads and all(_whole(x) for x in o) for o in offsets)):
@@ -252,6 +251,21 @@ def check_merged_config(config: Any, where: str) -> ModelConfig:
 
 def _whole(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_arch(config: dict[str, Any], bad) -> tuple[int, int]:
+    """Layers and heads of the stored architecture, checked by the backbone's family (open_clip's own
+    config checks below; other families check their data in ``facts``)."""
+    backbone = config["model"].get("backbone")
+    family = family_of(backbone if isinstance(backbone, str) else "")[0]
+    if family is BACKBONES[DEFAULT_FAMILY]:
+        vision = _check_vision(config["backbone_cfg"], bad)
+        return vision["layers"], vision["width"] // vision.get("head_width", 64)
+    try:
+        facts = family.facts(config["backbone_cfg"])
+    except (ValueError, KeyError, TypeError) as e:
+        bad(f"'backbone_cfg': {e}; {REMAKE}")
+    return facts["layers"], facts["heads"]
 
 
 def _check_vision(backbone_cfg: dict[str, Any], bad) -> dict[str, Any]:

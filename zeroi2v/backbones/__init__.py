@@ -1,6 +1,7 @@
 """Image backbones: families of towers behind one protocol (``base.Backbone``), named with a prefix.
 
     open_clip:ViT-B-16   ViT-B-16   local-dir:/path   zeroi2v-tiny      -> ``OpenCLIP`` (the default family)
+    timm:vit_base_patch16_224.augreg_in21k                              -> ``TimmViT``
 
 A name without a known family prefix is an open_clip name, so configs written before families existed
 keep working. ``family_of(name)`` gives the family class and the name inside the family.
@@ -16,10 +17,11 @@ from zeroi2v.backbones.openclip import (CONFIG_DIR, CONFIG_FILE, LOCAL_DIR, WEIG
                                         list_backbones, save_local_dir)
 from zeroi2v.backbones.weights import (describe_contents, is_torchscript_archive, load_state_dict_file,
                                        load_torch_data, read_torchscript_tensors)
+from zeroi2v.backbones.timm_vit import TimmViT
 
 DEFAULT_FAMILY = "open_clip"
 
-__all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "family_of",
+__all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "TimmViT", "family_of",
            "display_name", "CONFIG_DIR", "CONFIG_FILE", "LOCAL_DIR", "WEIGHTS_FILE", "build_visual", "create_visual",
            "get_model_config", "list_backbones", "load_state_dict_file", "save_local_dir", "backbone_architecture",
            "describe_contents", "is_torchscript_archive", "load_torch_data", "read_torchscript_tensors"]
