@@ -191,7 +191,8 @@ class STDHA(TemporalOperator):
         ``offsets`` is one spec for every layer, a list of one spec per layer, or (with ``stages``, the layers
         of each stage of a hierarchical tower such as Swin) a list of one spec per stage or a ``STAGE_PRESETS``
         name. Each layer's spec is parsed against that layer's head count (``num_heads`` per layer)."""
-        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames, stages=stages)
+        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames,
+                                  stages=stages)
         heads, stages = layer_heads(num_heads, num_layers), list(stages or [num_layers])
         offsets, boundary = spec["offsets"], spec["boundary"]
         if isinstance(offsets, str) and offsets in STAGE_PRESETS:
@@ -208,7 +209,7 @@ class STDHA(TemporalOperator):
         elif listed and len(offsets) == len(stages):
             per_layer = [o for o, n in zip(offsets, stages) for _ in range(n)]
         elif listed and any(o is None or isinstance(o, str) for o in offsets):
-            per = f"per stage ({len(stages)}) or per layer ({num_layers})" if len(stages) > 1 else f"per layer ({num_layers})"
+            per = (f"per stage ({len(stages)}) or " if len(stages) > 1 else "") + f"per layer ({num_layers})"
             raise ValueError(f"offsets: give one Δt multiset {per}, got {len(offsets)}")
         else:
             per_layer = [offsets] * num_layers

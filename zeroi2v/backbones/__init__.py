@@ -23,8 +23,8 @@ from zeroi2v.backbones.timm_swin import TimmSwin
 
 DEFAULT_FAMILY = "open_clip"
 
-__all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "TimmViT", "TimmSwin", "family_of",
-           "display_name", "CONFIG_DIR", "CONFIG_FILE", "LOCAL_DIR", "WEIGHTS_FILE", "build_visual", "create_visual",
+__all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "TimmViT", "TimmSwin",
+           "family_of", "display_name", "CONFIG_DIR", "CONFIG_FILE", "LOCAL_DIR", "WEIGHTS_FILE", "build_visual", "create_visual",
            "get_model_config", "list_backbones", "load_state_dict_file", "save_local_dir", "backbone_architecture",
            "describe_contents", "is_torchscript_archive", "load_torch_data", "read_torchscript_tensors"]
 
