@@ -117,3 +117,21 @@ def test_bad_offsets_are_clear_errors(spec, heads, frames, message):
 def test_bad_boundary():
     with pytest.raises(ValueError, match="boundary"):
         STDHA((1, 0), 4, boundary="wrap")
+
+
+def test_head_counts_per_layer_and_offsets_per_stage():
+    """Hierarchical backbones (Swin-B: 4/8/16/32 heads): each layer's multiset is parsed against its own
+    head count; a list with one spec per stage fills that stage's layers."""
+    from zeroi2v.temporal import resolve_temporal
+    heads, stages = [4, 4, 8, 16, 16], [2, 1, 2]
+    spec = resolve_temporal({"offsets": ["1x1", "1x1,-1x1", None]}, num_heads=heads, num_layers=5, num_frames=4,
+                            stages=stages)
+    assert spec["offsets"] == [[1, 0, 0, 0]] * 2 + [[1, -1] + [0] * 6] + [[0] * 16] * 2
+    again = resolve_temporal(spec, num_heads=heads, num_layers=5, num_frames=4, stages=stages)
+    assert again == spec  # the resolved spec checks again unchanged
+    same = resolve_temporal({"offsets": "1x2,-1x1"}, num_heads=heads, num_layers=5, num_frames=4, stages=stages)
+    assert [len(o) for o in same["offsets"]] == heads and all(o[:3] == [1, 1, -1] for o in same["offsets"])
+    with pytest.raises(ValueError, match=r"offsets: stage 1 \(8 heads\): .*9 temporal heads"):
+        resolve_temporal({"offsets": ["1x1", "1x9", None]}, num_heads=heads, num_layers=5, num_frames=4, stages=stages)
+    with pytest.raises(ValueError, match=r"offsets: give one Δt multiset per layer \(12\), got 2"):
+        resolve_temporal({"offsets": ["1x1", "1x1"]}, num_heads=12, num_layers=12, num_frames=4)

@@ -202,7 +202,8 @@ def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int 
     ratio = report["latency_ratio"]["merged"]
     return {
         "setup": {"backbone": backbone, "frames": frames, "image_size": size, "batch": batch, "views": views,
-                  "repeats": repeats, "warmup": 2, "offsets": format_offsets(model.offsets[0]), "placement": placement,
+                  "repeats": repeats, "warmup": 2, "placement": placement,  # offsets: the distinct multisets, in order
+                  "offsets": " / ".join(dict.fromkeys(format_offsets(o) for o in model.offsets)),
                   "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads() if dev.type == "cpu" else None,
                   "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "torch": torch.__version__,
                   "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
@@ -219,7 +220,8 @@ def format_zero_cost(r: dict) -> str:
     where = f"{s['device']} ({s['gpu']})" if s["gpu"] else f"{s['device']}, {s['threads']} threads"
     lines = [f"ZeroI2V zero-cost benchmark: {s['backbone']}, {s['frames']} frames x {s['image_size']} px, batch {s['batch']}, "
              f"{s['dtype']}, {where}",
-             f"Δt = {{{s['offsets']}}} in every layer, adapters: placement {s['placement']}; "
+             f"Δt = {{{s['offsets']}}} {'in every layer' if ' / ' not in s['offsets'] else '(stage by stage)'}, "
+             f"adapters: placement {s['placement']}; "
              f"latency = median of {s['repeats']} interleaved runs",
              "",
              f"{'model':18} {'params (M)':>11} {'GFLOPs x' + str(s['views']):>11} {'latency (ms)':>13} {'/ plain':>8}"]

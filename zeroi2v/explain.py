@@ -210,6 +210,10 @@ def gradcam(model, video: torch.Tensor, target_class: int | None = None, block: 
         ``"messages"`` (group -> why it is empty or flat), ``"grid"`` (group -> the same maps at the
         token grid, (T, h, w), before upsampling).
     """
+    if model.family.gradcam_limit:  # e.g. Swin: no class token, windows instead of one token grid
+        from zeroi2v.backbones import display_name
+        raise ValueError(f"Grad-CAM of head groups cannot run on {display_name(model.cfg.backbone)}: "
+                         f"{model.family.gradcam_limit}")
     cam_class = _video_cam_class(method)
 
     groups = tuple(groups)

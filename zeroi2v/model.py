@@ -136,17 +136,22 @@ class ZeroI2V(nn.Module):
         self.cfg, self.backbone_cfg = cfg, backbone_cfg
         self.visual = visual
         blocks = self.family.blocks(visual)
-        heads = blocks[0].get_submodule(self.family.layout.heads).num_heads
+        # per-block head counts and layers per stage: one count and one stage on a ViT, 4/8/16/32 heads in
+        # Swin-B's four stages; the family's video block class (``SwinVideoBlock`` for Swin's windows)
+        heads = [blk.get_submodule(self.family.layout.heads).num_heads for blk in blocks]
+        stages = [len(stage) for _, stage in self.family.stages(visual)]
         self.temporal_spec = resolve_temporal(cfg.temporal, num_heads=heads, num_layers=len(blocks),
-                                              num_frames=cfg.num_frames)
+                                              num_frames=cfg.num_frames, stages=stages)
         self.adapter_spec = resolve_adapter(cfg.adapter)
+        video_block = self.family.video_block()
         for i, blk in enumerate(list(blocks)):
-            temporal = build_temporal(self.temporal_spec, layer=i, num_heads=heads, num_frames=cfg.num_frames)
+            temporal = build_temporal(self.temporal_spec, layer=i, num_heads=heads[i], num_frames=cfg.num_frames)
             adapters = build_adapters(self.adapter_spec, self.family.projection_dims(blk),
                                       clip={"num_frames": cfg.num_frames, "grid": lambda: self.family.grid(visual)})
-            blocks[i] = VideoBlock(blk, self.family, temporal, adapters)
+            blocks[i] = video_block(blk, self.family, temporal, adapters)
         width = self.family.width(visual)
-        self.temporal_embedding = nn.Parameter(torch.zeros(cfg.num_frames, width)) if cfg.temporal_embedding else None
+        self.temporal_embedding = nn.Parameter(torch.zeros(cfg.num_frames, self.family.embed_width(visual))) \
+            if cfg.temporal_embedding else None
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = nn.Linear(width, cfg.num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
@@ -171,8 +176,11 @@ class ZeroI2V(nn.Module):
         return [blk.temporal.head_offsets or (0,) * blk.num_heads for blk in self.blocks]
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters that are not 1-D but get no weight decay: the embeddings (timm's convention)."""
-        return {"temporal_embedding", *(f"visual.{n}" for n in self.family.no_weight_decay)}
+        """Parameters that are not 1-D but get no weight decay: the embeddings (timm's convention), by path
+        or by the last part of their name (Swin's per-block relative position bias tables)."""
+        names = self.family.no_weight_decay
+        return {"temporal_embedding", *(f"visual.{n}" for n, _ in self.visual.named_parameters()
+                                        if n in names or n.rsplit(".", 1)[-1] in names)}
 
     def set_finetune(self, mode: str) -> None:
         """Freeze as the paper does for ``mode`` (see ``ModelConfig.finetune``); 'temporal_heads' masks the
@@ -198,13 +206,17 @@ class ZeroI2V(nn.Module):
         if t != self.num_frames:
             raise ValueError(f"model was built for {self.num_frames} frames, got {t}")
         fam, v = self.family, self.visual
-        x = fam.embed(v, video.transpose(1, 2).reshape(b * t, c, h, w))
+        x = fam.embed(v, video.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T, N, C), or (B*T, h, w, C) on Swin
         if self.temporal_embedding is not None:
-            n, d = x.shape[1:]
-            x = (x.view(b, t, n, d) + self.temporal_embedding.to(x.dtype)[None, :, None, :]).view(b * t, n, d)
+            te = self.temporal_embedding.to(x.dtype).view(1, t, *([1] * (x.ndim - 2)), -1)
+            x = (x.view(b, t, *x.shape[1:]) + te).view(x.shape)
         x = fam.pre_blocks(v, x)
-        for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.cfg.grad_checkpointing and self.training else blk(x)
+        ckpt = self.cfg.grad_checkpointing and self.training
+        for before, stage in fam.stages(v):  # one stage on a ViT; Swin: patch merging, then the stage's blocks
+            if before is not None:
+                x = before(x)
+            for blk in stage:
+                x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
         return fam.pool(v, x).view(b, t, -1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -133,8 +133,7 @@ def check_model_config(mc: ModelConfig, arch: dict[str, Any] | None = None) -> d
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise ValueError(f"model.backbone: {e}") from None
     try:
-        temporal = resolve_temporal(mc.temporal, num_heads=facts["heads"], num_layers=facts["layers"],
-                                    num_frames=mc.num_frames)
+        temporal = resolve_temporal(mc.temporal, **family.temporal_shape(facts), num_frames=mc.num_frames)
     except ValueError as e:
         raise ValueError(f"model.temporal.{e}") from None
     try:

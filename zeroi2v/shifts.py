@@ -63,8 +63,8 @@ class ChannelShiftBase(TemporalOperator):
     """What both shift operators share: the spec keys ``fraction``, ``offsets`` and ``boundary``."""
 
     @classmethod
-    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int, num_layers: int, num_frames: int) -> dict:
-        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames)
+    def check_spec(cls, spec: Mapping[str, Any], *, num_frames: int, **shape: Any) -> dict:
+        spec = super().check_spec(spec, num_frames=num_frames, **shape)
         fraction, offsets, boundary = spec["fraction"], spec["offsets"], spec["boundary"]
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"fraction: the share of channels that move must be in (0, 1], got {fraction!r}")
@@ -151,8 +151,8 @@ class ChannelShift(ChannelShiftBase):
     defaults = {"fraction": 1 / 6, "offsets": [-1, 1], "targets": "kv", "boundary": "zero"}
 
     @classmethod
-    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int, num_layers: int, num_frames: int) -> dict:
-        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames)
+    def check_spec(cls, spec: Mapping[str, Any], *, num_frames: int, **shape: Any) -> dict:
+        spec = super().check_spec(spec, num_frames=num_frames, **shape)
         if spec["targets"] not in TARGETS:
             raise ValueError(f"targets: must be one of {list(TARGETS)}, got {spec['targets']!r}")
         return spec

@@ -40,6 +40,14 @@ PRESETS: dict[str, str] = {
 PRESET_SOURCE = {name: ("Table 11a (reconstructed from its temporal RF)" if name.startswith("k400")
                         else "Table 11b") for name in PRESETS}
 
+STAGE_PRESETS: dict[str, tuple[str, ...]] = {
+    "ssv2_swin_b_32": ("1x1,0x3", "1x1,-1x1,0x6", "1x1,-1x1,2x1,-2x1,0x12", "1x2,-1x2,2x2,-2x2,0x24"),
+}
+"""One Δt multiset per stage of a hierarchical backbone, paper Table 11b, Swin-B (h = 4, 8, 16, 32) rows
+(SSv2, 32 frames; "we simply allocate temporal heads to each stage at a ratio of 1/4", Sec. 6.1). The
+paper's Swin-B halves the clip in its 3-D patch embedding (32 -> 16 frames) and chose Δt for 16 frames;
+here frames fold into the batch one by one, so the same Δt act on the 32 input frames."""
+
 _TERM = re.compile(r"^\s*([+-]?\d+)\s*(?:[x×·*]\s*(\d+))?\s*$")
 
 
@@ -101,6 +109,16 @@ def _terms(spec: OffsetSpec) -> list[tuple[int, int]]:
     return out
 
 
+def layer_heads(num_heads: int | Sequence[int], num_layers: int) -> list[int]:
+    """One head count per layer: ``num_heads`` for every layer, or its per-layer list checked for length."""
+    if isinstance(num_heads, int):
+        return [num_heads] * num_layers
+    heads = [int(h) for h in num_heads]
+    if len(heads) != num_layers:
+        raise ValueError(f"{len(heads)} head counts for {num_layers} layers; give one per layer")
+    return heads
+
+
 def format_offsets(offsets: Sequence[int]) -> str:
     """Per-head offsets back to the multiset string, in order of first appearance ('1x2,-1x2,0x8')."""
     counts: dict[int, int] = {}
@@ -148,7 +166,8 @@ class STDHA(TemporalOperator):
     """The temporal operator of one attention layer: shifts K and V of the temporal heads.
 
     Spec (``model.temporal``): ``offsets``, the Δt multiset of every layer (a string, a preset name,
-    a per-head list, or a list with one such spec per layer; ``null``: all heads spatial), and
+    a per-head list, or a list with one such spec per layer or, on a hierarchical backbone (Swin), per stage,
+    or a ``STAGE_PRESETS`` name; ``null``: all heads spatial), and
     ``boundary``, what a head reads past the clip's ends (see ``BOUNDARIES``).
     """
 
@@ -165,16 +184,41 @@ class STDHA(TemporalOperator):
         self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int, num_layers: int, num_frames: int) -> dict:
-        """Offsets become one per-head list per layer (``parse_offsets``); the result checks again unchanged."""
-        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames)
+    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int | Sequence[int], num_layers: int, num_frames: int,
+                   stages: Sequence[int] | None = None) -> dict:
+        """Offsets become one per-head list per layer (``parse_offsets``); the result checks again unchanged.
+
+        ``offsets`` is one spec for every layer, a list of one spec per layer, or (with ``stages``, the layers
+        of each stage of a hierarchical tower such as Swin) a list of one spec per stage or a ``STAGE_PRESETS``
+        name. Each layer's spec is parsed against that layer's head count (``num_heads`` per layer)."""
+        spec = super().check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames,
+                                  stages=stages)
+        heads, stages = layer_heads(num_heads, num_layers), list(stages or [num_layers])
         offsets, boundary = spec["offsets"], spec["boundary"]
-        per_layer = isinstance(offsets, (list, tuple)) and len(offsets) == num_layers \
-            and not all(isinstance(o, int) for o in offsets)
-        try:
-            resolved = [list(parse_offsets(s, num_heads, num_frames)) for s in (offsets if per_layer else [offsets] * num_layers)]
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"offsets: {e}") from None
+        if isinstance(offsets, str) and offsets in STAGE_PRESETS:
+            if len(STAGE_PRESETS[offsets]) != len(stages):
+                raise ValueError(f"offsets: preset {offsets!r} gives one Δt multiset to each of "
+                                 f"{len(STAGE_PRESETS[offsets])} stages; this backbone has {len(stages)}")
+            offsets = list(STAGE_PRESETS[offsets])
+        listed = isinstance(offsets, (list, tuple)) and not all(isinstance(o, int) for o in offsets)
+        where = [f"stage {s} ({heads[sum(stages[:s])]} heads): " for s, n in enumerate(stages) for _ in range(n)] \
+            if len(stages) > 1 else [""] * num_layers
+        if listed and len(offsets) == num_layers:
+            per_layer = list(offsets)
+            where = [f"layer {i} ({h} heads): " for i, h in enumerate(heads)] if len(set(heads)) > 1 else where
+        elif listed and len(offsets) == len(stages):
+            per_layer = [o for o, n in zip(offsets, stages) for _ in range(n)]
+        elif listed and any(o is None or isinstance(o, str) for o in offsets):
+            per = (f"per stage ({len(stages)}) or " if len(stages) > 1 else "") + f"per layer ({num_layers})"
+            raise ValueError(f"offsets: give one Δt multiset {per}, got {len(offsets)}")
+        else:
+            per_layer = [offsets] * num_layers
+        resolved = []
+        for s, h, at in zip(per_layer, heads, where):
+            try:
+                resolved.append(list(parse_offsets(s, h, num_frames)))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"offsets: {at}{e}") from None
         if boundary not in BOUNDARIES:
             raise ValueError(f"boundary: must be one of {list(BOUNDARIES)}, got {boundary!r}")
         return {"offsets": resolved, "boundary": boundary}

@@ -11,22 +11,19 @@ for all frames). The relative position bias and the shift mask are added as in t
 timm's names) and reuses ``VideoBlock``'s projections and adapter slots: adapters before qkv (or Q, K, V),
 after the attention output, before fc1 and after fc2, mergeable exactly as in the ViT. Limits: patch
 merging (the downsampling between stages) and the patch embedding get no adapters, and operators that act
-on tokens (``on_tokens``) are refused: Swin has no class token and a token means a pixel region here.
-``video_swin`` converts a tower in place with one Δt multiset per stage (a stage's heads all share it);
-``swin_video_features`` runs timm's own ``forward_features`` + pooling on a clip.
+on tokens (``on_tokens``, ``on_mlp_tokens``) are refused: Swin has no class token and a token means a pixel
+region here. ``ZeroI2V`` builds these blocks through ``TimmSwin.video_block`` with one Δt multiset per stage
+(``STDHA.check_spec`` with the family's stages) and runs timm's stages around them (``TimmSwin.stages``).
 """
 from __future__ import annotations
-
-from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zeroi2v.adapters import build_adapters, resolve_adapter
-from zeroi2v.backbones.timm_swin import TimmSwin
+from zeroi2v.backbones.base import Backbone
 from zeroi2v.model import VideoBlock
-from zeroi2v.temporal import TemporalOperator, build_temporal, resolve_temporal
+from zeroi2v.temporal import TemporalOperator
 
 _BLOCK_STATE = ("input_resolution", "window_size", "shift_size", "window_area", "always_partition", "dynamic_mask")
 
@@ -34,11 +31,13 @@ _BLOCK_STATE = ("input_resolution", "window_size", "shift_size", "window_area", 
 class SwinVideoBlock(VideoBlock):
     """A timm ``SwinTransformerBlock`` on (B*T, H, W, C) frames with a temporal operator inside each window."""
 
-    def __init__(self, block: nn.Module, temporal: TemporalOperator, adapters: dict[str, nn.Module] | None = None):
-        if temporal.on_tokens:
+    def __init__(self, block: nn.Module, family: type[Backbone], temporal: TemporalOperator,
+                 adapters: dict[str, nn.Module] | None = None):
+        if temporal.on_tokens or temporal.on_mlp_tokens:
             raise ValueError(f"temporal operator {getattr(temporal, 'registry_name', type(temporal).__name__)!r} acts on "
-                             f"tokens; inside Swin's windows only operators on Q/K/V (STDHA) are supported")
-        super().__init__(block, TimmSwin, temporal, adapters)
+                             f"tokens (a class token); Swin has none: use an operator on Q/K/V (kind: stdha, "
+                             f"channel_shift or none)")
+        super().__init__(block, family, temporal, adapters)
         for name in _BLOCK_STATE:
             setattr(self, name, getattr(block, name, None))
         self.register_buffer("attn_mask", block.attn_mask, persistent=False)
@@ -92,34 +91,3 @@ class SwinVideoBlock(VideoBlock):
         for m in self._parts["ls2"]:
             h = m(h)
         return (x + h).reshape(bt, hh, ww, c)
-
-
-def video_swin(tower: nn.Module, num_frames: int, offsets: Sequence[Any] | str | None,
-               adapter: Mapping[str, Any] | None = None, boundary: str = "self") -> nn.Module:
-    """Turn a timm Swin tower into a video tower in place: every block a ``SwinVideoBlock`` with STDHA.
-
-    ``offsets``: one Δt multiset per stage (Table 11's Swin-B rows give one per stage), or one for all;
-    each is checked against that stage's head count. ``adapter``: an adapter spec (``zeroi2v.adapters``)."""
-    stages = list(tower.layers)
-    per_stage = list(offsets) if isinstance(offsets, (list, tuple)) else [offsets] * len(stages)
-    if len(per_stage) != len(stages):
-        raise ValueError(f"offsets: give one Δt multiset per stage ({len(stages)}), got {len(per_stage)}")
-    adapter_spec = resolve_adapter(adapter)
-    for s, (stage, spec) in enumerate(zip(stages, per_stage)):
-        heads = stage.blocks[0].attn.num_heads
-        try:
-            temporal = resolve_temporal({"kind": "stdha", "offsets": spec, "boundary": boundary}, num_heads=heads,
-                                        num_layers=len(stage.blocks), num_frames=num_frames)
-        except ValueError as e:
-            raise ValueError(f"stage {s} ({heads} heads): {e}") from None
-        for i, blk in enumerate(list(stage.blocks)):
-            op = build_temporal(temporal, layer=i, num_heads=heads, num_frames=num_frames)
-            stage.blocks[i] = SwinVideoBlock(blk, op, build_adapters(adapter_spec, TimmSwin.projection_dims(blk)))
-    return tower
-
-
-def swin_video_features(tower: nn.Module, video: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, H, W) -> per-frame pooled features (B, T, width): timm's forward_features and pooling."""
-    b, c, t, h, w = video.shape
-    feats = tower.forward_head(tower.forward_features(video.transpose(1, 2).reshape(b * t, c, h, w)), pre_logits=True)
-    return feats.view(b, t, -1)

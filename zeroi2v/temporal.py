@@ -22,7 +22,7 @@ default), ``token_shift``, ``channel_shift`` and ``none`` (every head spatial, t
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -49,8 +49,12 @@ class TemporalOperator(nn.Module):
     """Every spec key the operator takes, with its default (the docstring of the subclass explains them)."""
 
     @classmethod
-    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int, num_layers: int, num_frames: int) -> dict:
+    def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int | Sequence[int], num_layers: int, num_frames: int,
+                   stages: Sequence[int] | None = None) -> dict:
         """Validate a spec (without ``kind``) against the backbone's heads/layers and the clip length.
+
+        ``num_heads``: one head count for every layer, or one per layer (Swin's stages have 4/8/16/32 heads
+        in Swin-B); ``stages``: how many layers each stage of a hierarchical backbone has (None: one stage).
 
         Returns the complete spec (defaults filled in, values normalised) that ``from_spec`` takes.
         Raises ValueError naming the spec key (the caller prefixes ``model.temporal.``).
@@ -95,15 +99,18 @@ class NoTemporal(TemporalOperator):
         return cls()
 
 
-def resolve_temporal(spec: Mapping[str, Any] | None, *, num_heads: int, num_layers: int, num_frames: int) -> dict:
-    """``{kind, ...complete spec}`` for a user spec (None: STDHA with its defaults)."""
+def resolve_temporal(spec: Mapping[str, Any] | None, *, num_heads: int | Sequence[int], num_layers: int,
+                     num_frames: int, stages: Sequence[int] | None = None) -> dict:
+    """``{kind, ...complete spec}`` for a user spec (None: STDHA with its defaults). ``num_heads`` and
+    ``stages`` as in ``TemporalOperator.check_spec`` (``Backbone.temporal_shape`` gives them)."""
     spec = dict(spec or {})
     kind = spec.pop("kind", DEFAULT_KIND)
     try:
         cls = TEMPORAL.get_class(kind)
     except ValueError as e:
         raise ValueError(f"kind: {e}") from None
-    return {"kind": kind, **cls.check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames)}
+    return {"kind": kind, **cls.check_spec(spec, num_heads=num_heads, num_layers=num_layers, num_frames=num_frames,
+                                           stages=stages)}
 
 
 def build_temporal(resolved: Mapping[str, Any], *, layer: int, num_heads: int, num_frames: int) -> TemporalOperator:

@@ -2,6 +2,7 @@
 
     open_clip:ViT-B-16   ViT-B-16   local-dir:/path   zeroi2v-tiny      -> ``OpenCLIP`` (the default family)
     timm:vit_base_patch16_224.augreg_in21k                              -> ``TimmViT``
+    timm:swin_base_patch4_window7_224                                   -> ``TimmSwin`` (timm names swin*)
 
 A name without a known family prefix is an open_clip name, so configs written before families existed
 keep working. ``family_of(name)`` gives the family class and the name inside the family.
@@ -18,11 +19,12 @@ from zeroi2v.backbones.openclip import (CONFIG_DIR, CONFIG_FILE, LOCAL_DIR, WEIG
 from zeroi2v.backbones.weights import (describe_contents, is_torchscript_archive, load_state_dict_file,
                                        load_torch_data, read_torchscript_tensors)
 from zeroi2v.backbones.timm_vit import TimmViT
+from zeroi2v.backbones.timm_swin import TimmSwin
 
 DEFAULT_FAMILY = "open_clip"
 
-__all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "TimmViT", "family_of",
-           "display_name", "CONFIG_DIR", "CONFIG_FILE", "LOCAL_DIR", "WEIGHTS_FILE", "build_visual", "create_visual",
+__all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", "OpenCLIP", "TimmViT", "TimmSwin",
+           "family_of", "display_name", "CONFIG_DIR", "CONFIG_FILE", "LOCAL_DIR", "WEIGHTS_FILE", "build_visual", "create_visual",
            "get_model_config", "list_backbones", "load_state_dict_file", "save_local_dir", "backbone_architecture",
            "describe_contents", "is_torchscript_archive", "load_torch_data", "read_torchscript_tensors"]
 
@@ -30,7 +32,7 @@ __all__ = ["BACKBONES", "PROJECTIONS", "Backbone", "BlockLayout", "Projection", 
 def family_of(name: str) -> tuple[type[Backbone], str]:
     """(family class, name inside the family) for a backbone name, prefix optional for open_clip."""
     for family in BACKBONES.values():
-        if family.prefix and name.startswith(family.prefix):
+        if family.prefix and name.startswith(family.prefix) and family.claims(name[len(family.prefix):]):
             return family, name[len(family.prefix):]
     return BACKBONES[DEFAULT_FAMILY], name
 

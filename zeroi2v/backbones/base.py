@@ -11,10 +11,15 @@ family's attributes:
   projection slots (fused or separate Q/K/V, attention out, fc1, fc2) and the MLP's activation;
 - the final norm and the pooled token (``pool``), and the tower's own image forward
   (``image_features``), the reference for "zero extra cost".
+
+Hierarchical towers (Swin) say more: ``stages`` (the blocks of each stage and the module before it, patch
+merging), ``temporal_shape`` (a head count per layer and the layers per stage, for the temporal operator's
+spec), ``embed_width`` (the width of the embedded tokens the temporal embedding is added to) and
+``video_block`` (their own video block class). The defaults describe a plain ViT: one stage, one head count.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -63,7 +68,16 @@ class Backbone:
     pool_norm: ClassVar[str] = ""
     """Path of the final norm in the tower: trained with the adapters (paper), frozen otherwise."""
     no_weight_decay: ClassVar[tuple[str, ...]] = ()
-    """Tower parameters that are not 1-D but get no weight decay (class and positional embeddings)."""
+    """Tower parameters that are not 1-D but get no weight decay (class and positional embeddings): paths
+    in the tower, or the last part of a name that every block repeats ('relative_position_bias_table')."""
+    gradcam_limit: ClassVar[str | None] = None
+    """Why the head-group Grad-CAM of ``zeroi2v.explain`` cannot run on this family (None: it can)."""
+
+    @classmethod
+    def claims(cls, name: str) -> bool:
+        """Whether this family serves ``name`` (the part after ``prefix``): families sharing a prefix
+        ('timm:' for ViT and Swin) split the names between them."""
+        return True
 
     # --- names, architectures and weights
     @classmethod
@@ -99,6 +113,24 @@ class Backbone:
         raise NotImplementedError
 
     @classmethod
+    def stages(cls, tower: nn.Module) -> list[tuple[nn.Module | None, Sequence[nn.Module]]]:
+        """The blocks in stages, each with the module that runs before its first block (patch merging;
+        None: nothing). ``ZeroI2V.forward_features`` runs them; a plain ViT is one stage."""
+        return [(None, cls.blocks(tower))]
+
+    @classmethod
+    def temporal_shape(cls, facts: dict[str, Any]) -> dict[str, Any]:
+        """``num_heads`` (one count, or one per layer), ``num_layers`` and ``stages`` (layers per stage, None:
+        one stage) of an architecture's ``facts``: the keywords of ``zeroi2v.temporal.resolve_temporal``."""
+        return {"num_heads": facts["heads"], "num_layers": facts["layers"], "stages": None}
+
+    @classmethod
+    def video_block(cls) -> type[nn.Module]:
+        """The class that wraps one block of this family for clips: ``cls(block, family, temporal, adapters)``."""
+        from zeroi2v.model import VideoBlock
+        return VideoBlock
+
+    @classmethod
     def embed(cls, tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> tokens (N, 1 + h*w, width): patches, class token, positional embedding."""
         raise NotImplementedError
@@ -129,7 +161,13 @@ class Backbone:
 
     @classmethod
     def width(cls, tower: nn.Module) -> int:
+        """Width of the pooled features (the classifier's input)."""
         raise NotImplementedError
+
+    @classmethod
+    def embed_width(cls, tower: nn.Module) -> int:
+        """Width of the tokens ``embed`` returns (the temporal embedding's); the pooled width by default."""
+        return cls.width(tower)
 
     @classmethod
     def projection(cls, block: nn.Module, name: str) -> Projection:

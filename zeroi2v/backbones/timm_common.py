@@ -64,6 +64,12 @@ def parse_name(name: str) -> tuple[str, dict[str, Any]]:
     return model, kwargs
 
 
+def is_swin(name: str) -> bool:
+    """Whether a timm name (``MODEL[.TAG][?...]``) is a Swin Transformer's: the ``timm:`` prefix serves both
+    the ViT and the Swin family, and timm names every Swin ``swin*`` (v2 ones are refused by the family)."""
+    return name.strip().lower().startswith("swin")
+
+
 def _timm():
     import timm
     return timm

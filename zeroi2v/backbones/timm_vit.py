@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from zeroi2v.backbones.base import BACKBONES, Backbone, BlockLayout
-from zeroi2v.backbones.timm_common import architecture, arch_facts, build_tower, load_tower
+from zeroi2v.backbones.timm_common import architecture, arch_facts, build_tower, is_swin, load_tower
 
 PREFIX = "timm:"
 
@@ -34,7 +34,7 @@ def check_vit(tower: nn.Module) -> dict[str, int]:
     from timm.layers import Attention, Mlp
     from timm.models.vision_transformer import Block, VisionTransformer
     if not isinstance(tower, VisionTransformer):
-        _refuse(tower, f"it is a {type(tower).__name__}, not a VisionTransformer (Swin: use timm-swin:)")
+        _refuse(tower, f"it is a {type(tower).__name__}, not a VisionTransformer")
     if tower.cls_token is None or tower.global_pool != "token":
         _refuse(tower, f"it pools with {tower.global_pool!r}, not its class token")
     if tower.num_prefix_tokens != 1:
@@ -77,6 +77,10 @@ class TimmViT(Backbone):
                      "fc1": ("mlp.fc1", "weight", "bias"), "fc2": ("mlp.fc2", "weight", "bias")})
     pool_norm = "norm"
     no_weight_decay = ("cls_token", "pos_embed")
+
+    @classmethod
+    def claims(cls, name: str) -> bool:
+        return not is_swin(name)  # timm's Swin names go to ``TimmSwin``
 
     @classmethod
     def arch(cls, name: str) -> dict[str, Any]:
