@@ -331,9 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "video at zero extra inference cost.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    from zeroi2v import ablate
     from zeroi2v.fewshot import run as fewshot_run, split as split_cli
     for add in (_add_make_synthetic, _add_pretrain_image, _add_init, _add_train, _add_eval, _add_merge, _add_predict,
-                _add_config, _add_bench, _add_quickstart, _add_demo, split_cli.add_cli, fewshot_run.add_cli):
+                _add_config, _add_bench, _add_quickstart, _add_demo, split_cli.add_cli, fewshot_run.add_cli,
+                ablate.add_cli):
         add(sub)
     return parser
 

@@ -110,7 +110,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     backbone = f"local-dir:{image_dir}"
     video_dir = out / "videos"
     with _stage(timings, "synthetic videos", log):
-        _videos(s, video_dir, seed, log)
+        ensure_videos(s, video_dir, seed, log)
     classes = (video_dir / "classes.txt").read_text().split()
     kinds = json.loads((video_dir / "kinds.json").read_text())
 
@@ -178,7 +178,7 @@ def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: 
     key_file.write_text(json.dumps(summary, indent=2))
 
 
-def _videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None]) -> None:
     """Stage 2: the synthetic temporal video set (cached by its settings)."""
     key = {"seed": seed, "classes": list(s.classes), "per_class": list(s.videos_per_class),
            "frames": s.video_frames, "size": s.size}

@@ -24,23 +24,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from zeroi2v.files import atomic_write, atomic_write_text
+from zeroi2v.tables import mean_std as _stats, ordered as _ordered, pct as _pct
 
 MEAN_OVER_TASKS = "mean top-1 over tasks"
 LABELS = {"top1": "top-1 (%) at the last epoch",
           "best_top1": "best-epoch top-1 (%), the epoch selected on the test list (optimistic)"}
 HEADERS = {"top1": MEAN_OVER_TASKS, "best_top1": "mean best-epoch top-1 over tasks"}
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (n - 1; 0 for one value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _ordered(seen: Iterable, given: Sequence | None) -> list:
-    """``given`` first (those present), then the others in the order first met."""
-    seen = list(dict.fromkeys(seen))
-    first = [g for g in (given or []) if g in seen]
-    return first + [s for s in seen if s not in first]
 
 
 def _cells(rows: Iterable[dict], metric: str) -> dict[tuple, dict[int, float]]:
@@ -101,10 +90,6 @@ def task_means(rows: Iterable[dict], metric: str = "top1", methods: Sequence[str
                     "std": _stats(per_fold)[1] if per_fold else None, "tasks": len(group),
                     "tasks_total": len(total[shots]), "folds": common})
     return out
-
-
-def _pct(mean: float, std: float | None, n: int) -> str:
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None and n > 1 else "")
 
 
 def markdown_table(rows: Iterable[dict], metric: str = "top1", methods: Sequence[str] | None = None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zeroi2v.config_files import PACKAGE_DIR
+from zeroi2v.rows_cli import add_runner_options, runner_options
 
 RECIPE = PACKAGE_DIR / "configs" / "fewshot" / "vidtab.yaml"
 DEFAULT_METHODS = ("zeroi2v", "linear_probe", "zero_shot")
@@ -130,31 +131,13 @@ def add_cli(sub) -> None:
                    help="override a recipe value, e.g. --set model.backbone=ViT-B-16 (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: runs/fewshot, suite: runs/fewshot_suite)")
     p.add_argument("--seed", type=int, default=0, help="fold sampling (--train-list) and the suite's data")
-    p.add_argument("--workers", type=int, default=1, help="rows in parallel (one GPU each when there are GPUs)")
-    p.add_argument("--launcher", choices=("local", "submitit"), default="local",
-                   help="submitit: one Slurm job per row (pip install submitit)")
-    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit parameter, e.g. --slurm slurm_partition=gpu --slurm timeout_min=240")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each trained row's checkpoint.pt")
+    add_runner_options(p)
     p.set_defaults(func=cmd_fewshot)
-
-
-def _launcher_options(items: Sequence[str]) -> dict[str, Any]:
-    import yaml
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--slurm {item!r}: expected KEY=VALUE, e.g. --slurm timeout_min=240")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def cmd_fewshot(a: argparse.Namespace) -> int:
     from zeroi2v.fewshot.tasks import find_tasks, task_from_lists
-    options = _launcher_options(a.slurm)
-    common = dict(folds=a.folds, head_init=a.head_init, workers=a.workers, launcher=a.launcher,
-                  launcher_options=options, keep_checkpoints=a.keep_checkpoints)
+    common = dict(folds=a.folds, head_init=a.head_init, **runner_options(a))
     if a.suite:
         from zeroi2v.fewshot.offline import run_suite
         result = run_suite(a.out or "runs/fewshot_suite", seed=a.seed, shots=a.shots or (4, 16), methods=a.methods,
