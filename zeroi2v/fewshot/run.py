@@ -32,6 +32,18 @@ def method_label(method: str, head_init: str) -> str:
     return method if head_init == "random" or method == "zero_shot" else f"{method}+{head_init}"
 
 
+def report_order(labels: Sequence[str]) -> list[str]:
+    """Method labels in the tables' order: the registry's (``METHODS``: trained methods first, then those on
+    cached features), each followed by its text-initialised variant; unknown labels last, as met."""
+    from zeroi2v.fewshot.methods import METHODS
+    rank = {m: i for i, m in enumerate(METHODS)}
+
+    def key(label: str) -> tuple[int, int]:
+        base, _, init = label.partition("+")
+        return rank.get(base, len(rank)), int(bool(init))
+    return sorted(dict.fromkeys(labels), key=key)
+
+
 def plan_rows(tasks: Sequence[Any], shots: Sequence[int], folds: Sequence[int], methods: Sequence[str],
               head_init: str, recipe: dict[str, Any], out: Path, keep_checkpoints: bool = False
               ) -> tuple[list[Any], list[str]]:
@@ -90,8 +102,8 @@ def run_fewshot(tasks: Sequence[Any], out: str | Path, shots: Sequence[int] = (4
     out = Path(out)
     recipe = load_recipe(config, overrides)
     rows, notes = plan_rows(tasks, shots, folds, methods, head_init, recipe, out, keep_checkpoints)
-    labels = list(dict.fromkeys([*(method_label(m, head_init) for m in methods),
-                                 *(r["key"]["method"] for r in ResultStore(out).rows())]))
+    labels = report_order([*(method_label(m, head_init) for m in methods),
+                           *(r["key"]["method"] for r in ResultStore(out).rows())])
     for note in dict.fromkeys(notes):
         log(f"[fewshot] note: {note}")
     store = ResultStore(out)
