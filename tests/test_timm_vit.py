@@ -148,3 +148,17 @@ def test_config_facts_come_from_the_timm_architecture():
     assert (facts["width"], facts["layers"], facts["heads"], facts["image_size"]) == (768, 12, 12, 224)
     with pytest.raises(ValueError, match="model.temporal.offsets: .*16 temporal heads but the attention has only 12"):
         check_model_config(ModelConfig(backbone="timm:vit_base_patch16_224", temporal={"offsets": "1x16"}))
+
+
+def test_a_timm_tower_trained_with_other_pixel_statistics_is_noted(capsys, monkeypatch):
+    """timm records the mean/std its tower was trained with; CLIP's defaults differ for augreg ViTs (0.5, 0.5):
+    a one-line note says so, and nothing is said when model.mean/std match."""
+    from zeroi2v import model_config
+    from zeroi2v.model_config import ModelConfig, check_model_config
+    monkeypatch.setattr(model_config, "_noticed", set())
+    name = "timm:vit_base_patch16_224.augreg_in21k"
+    check_model_config(ModelConfig(backbone=name, num_classes=5, mean=(127.5,) * 3, std=(127.5,) * 3))
+    assert "note" not in capsys.readouterr().err
+    check_model_config(ModelConfig(backbone=name, num_classes=5))
+    err = capsys.readouterr().err
+    assert "trained with pixel mean [127.5, 127.5, 127.5]" in err and "set model.mean and model.std" in err

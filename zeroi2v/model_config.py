@@ -113,6 +113,20 @@ def upgrade_model_dict(d: dict[str, Any], notice: bool = True) -> dict[str, Any]
     return d
 
 
+def _note_pixel_statistics(mc: ModelConfig, arch: dict[str, Any]) -> None:
+    """A one-line note (once per backbone) when the backbone records the pixel mean/std it was trained with
+    (timm towers do; open_clip's are CLIP's, the defaults) and ``model.mean``/``model.std`` differ: frames
+    normalised with another model's statistics lose accuracy without any error."""
+    mean, std = arch.get("mean"), arch.get("std")
+    if mean is None or std is None or mc.backbone in _noticed:
+        return
+    if any(abs(a - b) > 0.5 for a, b in zip([*mean, *std], [*mc.mean, *mc.std])):
+        _noticed.add(mc.backbone)
+        print(f"[zeroi2v] note: {mc.backbone} was trained with pixel mean {list(mean)} and std {list(std)} "
+              f"(0-255), but model.mean is {list(mc.mean)} and model.std {list(mc.std)}; set model.mean and "
+              f"model.std to the backbone's", file=sys.stderr)
+
+
 def check_model_config(mc: ModelConfig, arch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate a model config without building weights: the backbone exists, the temporal operator's
     and the adapter kind's specs fit it (each component checks its own spec), the modes are known.
@@ -129,9 +143,11 @@ def check_model_config(mc: ModelConfig, arch: dict[str, Any] | None = None) -> d
             raise ValueError(f"model.{key} must be >= 1, got {getattr(mc, key)}")
     try:
         family, name = family_of(mc.backbone)
-        facts = family.facts(arch if arch is not None else family.arch(name))
+        arch = arch if arch is not None else family.arch(name)
+        facts = family.facts(arch)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise ValueError(f"model.backbone: {e}") from None
+    _note_pixel_statistics(mc, arch)
     try:
         temporal = resolve_temporal(mc.temporal, **family.temporal_shape(facts), num_frames=mc.num_frames)
     except ValueError as e:
