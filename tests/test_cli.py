@@ -12,7 +12,8 @@ from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-VERBS = ["make-synthetic", "pretrain-image", "train", "eval", "merge", "predict", "bench", "quickstart", "demo"]
+VERBS = ["make-synthetic", "pretrain-image", "init", "train", "eval", "merge", "predict", "config", "bench", "quickstart",
+         "demo", "fewshot-split", "fewshot", "ablate"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
