@@ -72,21 +72,29 @@ def onnx_metadata(model: "nn.Module", source: str = "") -> dict[str, str]:
     return {k: json.dumps(facts[k]) for k in METADATA_KEYS}
 
 
-def export_onnx(model: "nn.Module", out: str | Path, source: str = "") -> Path:
-    """Write ``model`` (a merged ZeroI2V, or any module on the same input) as ONNX with a dynamic batch axis
-    and ``onnx_metadata``; atomically (nothing half-written on failure)."""
+def export_onnx(model: "nn.Module", out: str | Path, source: str = "", clip: "torch.Tensor | None" = None,
+                metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (a merged ZeroI2V) as ONNX with a dynamic batch axis and ``onnx_metadata``; atomically
+    (nothing half-written on failure). Another module on the same input (the plain ViT of a benchmark) needs
+    ``clip`` (an example input) and ``metadata`` (e.g. its ZeroI2V's ``onnx_metadata``)."""
     import onnx
     import torch
     model = model.eval()
-    clip = example_clip(model)
+    clip = example_clip(model) if clip is None else clip
+    metadata = onnx_metadata(model, source) if metadata is None else metadata
 
     def write(tmp: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer notes on the shape checks: frames and size are fixed
-            torch.onnx.export(model, (clip,), tmp, dynamo=False, opset_version=OPSET, input_names=["video"],
-                              output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}})
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused op has no ONNX form
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracer notes on the shape checks: frames and size are fixed
+                torch.onnx.export(model, (clip,), tmp, dynamo=False, opset_version=OPSET, input_names=["video"],
+                                  output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}})
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         graph = onnx.load(tmp)
-        for key, value in onnx_metadata(model, source).items():
+        for key, value in metadata.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(graph)
@@ -109,14 +117,16 @@ def export_torch(model: "nn.Module", out: str | Path) -> tuple[Path, "torch.expo
     return atomic_write(out, lambda tmp: torch.export.save(program, tmp)), program
 
 
-def max_abs_diff(model: "nn.Module", run, batches: tuple[int, ...] = (1, 3), seed: int = 1) -> float:
+def max_abs_diff(model: "nn.Module", run, batches: tuple[int, ...] = (1, 3), seed: int = 1,
+                 clip_of: "nn.Module | None" = None) -> float:
     """Largest |logit difference| between ``model`` and ``run`` (clip batch -> logits tensor) on seeded
-    clips of each batch size in ``batches`` (more than one size proves the dynamic batch axis)."""
+    clips of each batch size in ``batches`` (more than one size proves the dynamic batch axis); the clips
+    have ``clip_of``'s shape (default ``model``'s)."""
     import torch
     worst = 0.0
     with torch.no_grad():
         for i, b in enumerate(batches):
-            clip = example_clip(model, b, seed + i)
+            clip = example_clip(clip_of or model, b, seed + i)
             worst = max(worst, (model(clip) - run(clip)).abs().max().item())
     return worst
 
