@@ -114,7 +114,12 @@ def export_torch(model: "nn.Module", out: str | Path) -> tuple[Path, "torch.expo
     """Write ``export_program(model)`` to ``out`` (.pt2), atomically; returns the path and the program."""
     import torch
     program = export_program(model)
-    return atomic_write(out, lambda tmp: torch.export.save(program, tmp)), program
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch.export.save warns on a name not ending in .pt2
+            torch.export.save(program, f)
+
+    return atomic_write(out, write), program
 
 
 def max_abs_diff(model: "nn.Module", run, batches: tuple[int, ...] = (1, 3), seed: int = 1,
