@@ -134,8 +134,8 @@ def _add_eval(sub):
 
 
 def _load_any(a):
-    """A merged checkpoint directory, or the model of a training run folder; its ``cfg.class_names`` are the
-    names the checkpoint records (a merged checkpoint's "class_names" entry first)."""
+    """A merged checkpoint directory, the model of a training run folder, or an ONNX export (``OnnxClassifier``);
+    its ``cfg.class_names`` are the names the checkpoint records (a merged checkpoint's "class_names" entry first)."""
     if getattr(a, "onnx", None):  # an exported model: onnxruntime runs it, no torch model code
         from zeroi2v.onnx_model import OnnxClassifier
         return OnnxClassifier(a.onnx)
@@ -210,9 +210,10 @@ def cmd_merge(a):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-5 classes for video files",
-                       description="Classify video files with a merged checkpoint, a run folder or an "
-                                   "ONNX export (`zeroi2v export --onnx`; onnxruntime runs it) (views averaged). Frames are decoded straight to the model's input size; a video "
-                                   "needs at least two frames (the demo's rule too).")
+                       description="Classify video files with a merged checkpoint, a run folder or an ONNX "
+                                   "export (`zeroi2v export --onnx`, run by onnxruntime), views averaged. Frames "
+                                   "are decoded straight to the model's input size; a video needs at least two "
+                                   "frames (the demo's rule too).")
     p.add_argument("videos", nargs="+", help="video files (or rawframe folders)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="merged checkpoint directory")
