@@ -134,8 +134,11 @@ def _add_eval(sub):
 
 
 def _load_any(a):
-    """A merged checkpoint directory, or the model of a training run folder; its ``cfg.class_names`` are the
-    names the checkpoint records (a merged checkpoint's "class_names" entry first)."""
+    """A merged checkpoint directory, the model of a training run folder, or an ONNX export (``OnnxClassifier``);
+    its ``cfg.class_names`` are the names the checkpoint records (a merged checkpoint's "class_names" entry first)."""
+    if getattr(a, "onnx", None):  # an exported model: onnxruntime runs it, no torch model code
+        from zeroi2v.onnx_model import OnnxClassifier
+        return OnnxClassifier(a.onnx)
     if getattr(a, "checkpoint", None):
         from zeroi2v.merge import load_merged
         return load_merged(a.checkpoint)
@@ -148,7 +151,7 @@ def _shown_names(model, where: str, found=None) -> list[str]:
     'class N' (said once, on stderr)."""
     from zeroi2v.evaluate import class_labels
     from zeroi2v.run_folder import class_names_for
-    n = model.head.out_features
+    n = model.cfg.num_classes
     names = model.cfg.class_names or (class_names_for(None, found, n) if found and len(found) <= n else None)
     if not names:
         print(f"[zeroi2v] note: {where} records no class names, so classes show as 'class N' (a run records the "
@@ -207,13 +210,15 @@ def cmd_merge(a):
 
 def _add_predict(sub):
     p = sub.add_parser("predict", help="top-5 classes for video files",
-                       description="Classify video files with a merged checkpoint or a run folder (views "
-                                   "averaged). Frames are decoded straight to the model's input size; a video "
-                                   "needs at least two frames (the demo's rule too).")
+                       description="Classify video files with a merged checkpoint, a run folder or an ONNX "
+                                   "export (`zeroi2v export --onnx`, run by onnxruntime), views averaged. Frames "
+                                   "are decoded straight to the model's input size; a video needs at least two "
+                                   "frames (the demo's rule too).")
     p.add_argument("videos", nargs="+", help="video files (or rawframe folders)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="merged checkpoint directory")
     src.add_argument("--run", help="training run folder, unmerged (uses its checkpoint.pt)")
+    src.add_argument("--onnx", help="ONNX model written by `zeroi2v export --onnx` (run by onnxruntime)")
     p.add_argument("--clips", type=int, default=1, help="temporal clips per video (views averaged), at least 1")
     p.add_argument("--top", type=int, default=5, help="classes to print per video, at least 1")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -228,7 +233,7 @@ def cmd_predict(a):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1 ({what}), got {value}")
     model = _load_any(a)
-    names = _shown_names(model, a.checkpoint or a.run)
+    names = _shown_names(model, a.checkpoint or a.run or a.onnx)
     out, failed = {}, 0
     for path in a.videos:
         error = None
@@ -331,11 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "video at zero extra inference cost.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    from zeroi2v import ablate
+    from zeroi2v import ablate, export
     from zeroi2v.fewshot import run as fewshot_run, split as split_cli
     for add in (_add_make_synthetic, _add_pretrain_image, _add_init, _add_train, _add_eval, _add_merge, _add_predict,
                 _add_config, _add_bench, _add_quickstart, _add_demo, split_cli.add_cli, fewshot_run.add_cli,
-                ablate.add_cli):
+                ablate.add_cli, export.add_cli):
         add(sub)
     return parser
 
