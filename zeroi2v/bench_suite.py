@@ -236,16 +236,18 @@ def plot_bubbles(r: dict, path: Path, accuracy: dict[str, float] | None = None) 
     biggest = max(m["params"] for _, m in rows)
     for i, (k, m) in enumerate(rows):
         y = accuracy[k] if accuracy is not None else m["latency_ms"]
-        ax.scatter([m["gflops"]], [y], s=2000 * m["params"] / biggest, alpha=0.5, color=f"C{i}",
-                   edgecolors="k")
-        ax.annotate(f"{m['label']}\n{m['params'] / 1e6:.1f} M", (m["gflops"], y), fontsize=8, ha="center",
-                    va="center")
+        ax.scatter([m["gflops"]], [y], s=2000 * m["params"] / biggest, alpha=0.45, color=f"C{i}",
+                   edgecolors="k", label=f"{m['label']} ({m['params'] / 1e6:.3g} M params)")
+        ax.plot([m["gflops"]], [y], "k.", markersize=3)
     s = r["setup"]
     ax.set_xlabel(f"GFLOPs x {s['views']} views")
     ax.set_ylabel("top-1 (%)" if accuracy is not None else f"latency (ms, batch {s['batch']}, {s['device']})")
     ax.set_title(f"{s['backbone']}, {s['frames']} frames: bubble area = parameters", fontsize=10)
     ax.margins(0.25)
     ax.grid(alpha=0.3)
+    legend = ax.legend(fontsize=7, loc="best", markerscale=0.4)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
