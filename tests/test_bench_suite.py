@@ -102,3 +102,10 @@ def test_throughput_search_doubles_to_the_cap_or_the_memory_limit():
     assert (r["throughput_batch"], r["throughput_stop"]) == (1, "time budget")
     with pytest.raises(RuntimeError, match="does not fit even at batch 1"):
         find_throughput(_Limited(limit=1), clip, cap=64, budget_s=60)
+
+
+@pytest.mark.parametrize("flag", ["--max-batch", "--train-batch", "--train-steps"])
+def test_suite_sizes_below_one_are_one_line(tmp_path, capsys, flag):
+    assert main(["bench", "--suite", *QUICK, flag, "0", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flag} must be at least 1" in err

@@ -254,6 +254,11 @@ def plot_bubbles(r: dict, path: Path, accuracy: dict[str, float] | None = None) 
 
 def run_suite_cli(args) -> int:
     """``zeroi2v bench --suite``: print the table; write OUT/bench.json, bench.md, bubble.png (and --json)."""
+    for flag in ("batch", "train_batch", "train_steps", "max_batch", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.throughput_seconds < 0:
+        raise ValueError(f"--throughput-seconds must be >= 0, got {args.throughput_seconds}")
     names = list(MODELS) if args.checkpoint is None else ["plain", "checkpoint"]
     accuracy = read_results(args.results, names) if args.results is not None else None  # fail before measuring
     if accuracy is not None and not accuracy:
