@@ -78,7 +78,8 @@ def build_suite(args) -> tuple[dict[str, nn.Module], dict[str, Any]]:
         models = {"plain": PlainViT(merged), "zeroi2v_merged": merged, "zeroi2v_unmerged": unmerged}
         for name, kind in (("gelu_adapter", "gelu"), ("st_adapter", "st_adapter")):
             models[name] = build_randomized(backbone, frames, offsets, args.placement, args.seed, kind=kind)
-    setup = {"backbone": backbone, "frames": frames, "image_size": merged.image_size, "placement": args.placement,
+    setup = {"backbone": backbone, "frames": frames, "image_size": merged.image_size,
+             "placement": args.placement if args.checkpoint is None else "merged",
              "offsets": " / ".join(dict.fromkeys(format_offsets(o) for o in merged.offsets)),
              "checkpoint": str(args.checkpoint) if args.checkpoint is not None else None}
     return models, setup
