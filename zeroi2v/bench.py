@@ -85,6 +85,13 @@ def count_flops(model: nn.Module, video: torch.Tensor) -> int:
 def measure_latency(models: dict[str, Callable], video: torch.Tensor, repeats: int = 10,
                     warmup: int = 2) -> dict[str, float]:
     """Median seconds per forward of each model, runs interleaved so drift hits all alike."""
+    return {name: statistics.median(ts) for name, ts in latency_samples(models, video, repeats, warmup).items()}
+
+
+@torch.no_grad()
+def latency_samples(models: dict[str, Callable], video: torch.Tensor, repeats: int = 10,
+                    warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each timed forward of each model (``warmup`` untimed rounds first), runs interleaved."""
     sync = torch.cuda.synchronize if video.is_cuda else (lambda: None)
     for _ in range(warmup):
         for fn in models.values():
@@ -97,7 +104,7 @@ def measure_latency(models: dict[str, Callable], video: torch.Tensor, repeats: i
             fn(video)
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
 def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views: int = 1,
@@ -168,13 +175,22 @@ def randomize_adapters(model: ZeroI2V, seed: int = 0) -> ZeroI2V:
     return model.eval()
 
 
+def build_randomized(backbone: str, frames: int, offsets: str, placement: str, seed: int = 0,
+                     kind: str = "linear") -> ZeroI2V:
+    """A 400-class ZeroI2V model with STDHA at ``offsets`` and random ``kind`` adapters (``randomize_adapters``)."""
+    from zeroi2v.model import create_model
+    torch.manual_seed(seed)
+    return randomize_adapters(create_model(backbone=backbone, num_classes=400, num_frames=frames,
+                                           temporal={"kind": "stdha", "offsets": offsets},
+                                           adapter={"kind": kind, "placement": placement}), seed)
+
+
 def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int = 1, views: int = 3,
                         repeats: int = 5, offsets: str = "auto", placement: str = "4", device: str = "cpu",
                         dtype: str = "auto", threads: int | None = None, seed: int = 0) -> dict:
     """Plain ViT vs unmerged vs merged ZeroI2V on one input, in one process (see ``zero_cost_report``)."""
     import platform
     from zeroi2v.merge import merge_adapters
-    from zeroi2v.model import create_model
     from zeroi2v.stdha import format_offsets
     if threads:
         torch.set_num_threads(threads)
@@ -185,11 +201,8 @@ def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int 
         raise RuntimeError("--device cuda: no CUDA device visible to torch")
     dtype = dtype if dtype != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
     offsets = default_offsets(backbone, frames) if offsets == "auto" else offsets
-    torch.manual_seed(seed)
     started = time.perf_counter()
-    model = randomize_adapters(create_model(backbone=backbone, num_classes=400, num_frames=frames,
-                                            temporal={"kind": "stdha", "offsets": offsets},
-                                            adapter={"kind": "linear", "placement": placement}), seed)
+    model = build_randomized(backbone, frames, offsets, placement, seed)
     merged = merge_adapters(model)
     model, merged = model.to(dev), merged.to(dev)
     size = model.image_size

@@ -284,14 +284,18 @@ def cmd_config_show(a):
 
 
 def _add_bench(sub):
-    from zeroi2v.bench import add_benchmark_arguments, run_benchmark_cli
+    from zeroi2v.bench import add_benchmark_arguments
+    from zeroi2v.bench_suite import add_suite_arguments, run_bench_cli
     p = sub.add_parser("bench", help="params, GFLOPs and latency: plain ViT vs unmerged vs merged",
                        description="Measure, in one process, params, GFLOPs (x views) and forward latency "
                                    "of the plain image ViT, the unmerged and the merged ZeroI2V model on "
                                    "the same input; latency printed as ratios to the plain ViT "
-                                   "(same as benchmarks/zero_cost.py).")
+                                   "(same as benchmarks/zero_cost.py). With --suite (or --checkpoint): "
+                                   "also the GELU adapter and ST-Adapter, throughput and training cost, "
+                                   "written as JSON, Markdown and a bubble plot to --out.")
     add_benchmark_arguments(p)
-    p.set_defaults(func=run_benchmark_cli)
+    add_suite_arguments(p)
+    p.set_defaults(func=run_bench_cli)
 
 
 def _add_quickstart(sub):
