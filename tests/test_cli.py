@@ -13,7 +13,7 @@ from zeroi2v.model import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VERBS = ["make-synthetic", "pretrain-image", "init", "train", "eval", "merge", "predict", "config", "bench", "quickstart",
-         "demo", "fewshot-split", "fewshot", "ablate"]
+         "demo", "fewshot-split", "fewshot", "ablate", "export"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
