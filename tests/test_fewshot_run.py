@@ -175,3 +175,18 @@ def test_the_runner_resumes_after_a_kill(suite, tmp_path):
     assert len(rows) == 4 and len({json.dumps(r["key"], sort_keys=True) for r in rows}) == 4
     assert (first[0].read_bytes(), first[0].stat().st_mtime_ns) == before
     assert torch.tensor([r["top1"] for r in rows]).ge(0).all()
+
+
+def test_your_own_list_runs_with_no_code_change(suite, tmp_path, capsys):
+    """One mmaction list + --shots: the folds are sampled into OUT/splits and the rows run, with no note about
+    shots the command was not asked for."""
+    root, image_dir, recipe = suite
+    task = root / "data" / "Small_Objects"
+    code = main(["fewshot", "--train-list", str(task / "train_pool.txt"), "--test-list", str(task / "test.txt"),
+                 "--label-map", str(task / "label_map.txt"), "--video-root", str(task), "--name", "mine",
+                 "--shots", "2", "--folds", "1", "2", "--methods", "linear_probe", "--config", str(recipe),
+                 "--out", str(tmp_path)])
+    assert code == 0 and "note:" not in capsys.readouterr().out
+    assert sorted((r["key"]["task"], r["key"]["fold"]) for r in _rows(tmp_path)) == [("mine", 1), ("mine", 2)]
+    assert sorted(p.name for p in (tmp_path / "splits" / "mine").glob("train_*.txt")) == \
+        ["train_2_fold1.txt", "train_2_fold2.txt"]

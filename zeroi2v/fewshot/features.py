@@ -79,7 +79,7 @@ def _compute(cfg: Config, list_file: str | Path, video_root: str | Path, classes
     from zeroi2v.data.views import make_sampler
     from zeroi2v.model import create_model
     model = create_model(cfg.model, adapter=None, temporal={"kind": "stdha", "offsets": None},
-                         temporal_embedding=False, num_classes=len(classes)).to(device).eval()
+                         temporal_embedding=False, finetune="linear_probe", num_classes=len(classes)).to(device).eval()
     one_view = Config(model=cfg.model, data=cfg.data, optim=cfg.optim, train=cfg.train,
                       test=type(cfg.test)(**{**cfg.test.__dict__, "clips": 1, "crops": 1}))
     data = VideoDataset(read_annotation("mmaction", list_file, classes=classes), video_root,

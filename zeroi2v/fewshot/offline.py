@@ -50,11 +50,13 @@ def ensure_clip_model(out: Path, seed: int = 0, image: dict[str, Any] | None = N
 
 def run_suite(out: str | Path = "runs/fewshot_suite", seed: int = 0, shots: Sequence[int] = (4, 16),
               folds: Sequence[int] = (1, 2, 3), methods: Sequence[str] | None = None,
-              tasks: Sequence[str] | None = None, overrides: Sequence[str] = (), image: dict[str, Any] | None = None,
+              tasks: Sequence[str] | None = None, config: str | Path | None = None, overrides: Sequence[str] = (),
+              image: dict[str, Any] | None = None,
               data: dict[str, Any] | None = None, log: Callable[[str], None] = print, **run_options: Any) -> dict[str, Any]:
     """Build (or reuse) the image model and the synthetic tasks, then run the rows; see ``run_fewshot``.
     ``image``: ``QuickstartSettings`` overrides for the image model; ``data``: ``make_suite`` options
-    (``pool_per_class``, ``test_per_class``); ``overrides``: recipe ``--set`` overrides."""
+    (``pool_per_class``, ``test_per_class``); ``config``: the recipe (default ``SUITE_RECIPE``, the backbone is
+    set to the suite's image model either way); ``overrides``: recipe ``--set`` overrides."""
     from zeroi2v.fewshot.suite import SUITE_TASKS, make_suite
     from zeroi2v.fewshot.tasks import find_tasks
     out = Path(out)
@@ -64,5 +66,6 @@ def run_suite(out: str | Path = "runs/fewshot_suite", seed: int = 0, shots: Sequ
     for line in problems:
         log(f"[fewshot] {line}")
     overrides = [f"model.backbone=local-dir:{image_dir}", *overrides]
-    return run_fewshot(found, out, shots=shots, folds=folds, methods=methods or SUITE_METHODS, config=SUITE_RECIPE,
+    return run_fewshot(found, out, shots=shots, folds=folds, methods=methods or SUITE_METHODS,
+                       config=config or SUITE_RECIPE,
                        overrides=overrides, log=log, **run_options)

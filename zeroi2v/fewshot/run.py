@@ -153,13 +153,15 @@ def cmd_fewshot(a: argparse.Namespace) -> int:
     if a.suite:
         from zeroi2v.fewshot.offline import run_suite
         result = run_suite(a.out or "runs/fewshot_suite", seed=a.seed, shots=a.shots or (4, 16), methods=a.methods,
-                           tasks=None if a.tasks == ["all"] else a.tasks, overrides=a.overrides, **common)
+                           tasks=None if a.tasks == ["all"] else a.tasks, config=a.config, overrides=a.overrides,
+                           **common)
     else:
         out = Path(a.out or "runs/fewshot")
+        shots = a.shots or ([4, 16] if a.train_list else [4, 16, 100])
         if a.train_list:
             if not a.test_list:
                 raise ValueError("--train-list needs --test-list (and --label-map for class names)")
-            tasks = [task_from_lists(a.name, a.train_list, a.test_list, a.label_map, a.shots or [4, 16], a.folds,
+            tasks = [task_from_lists(a.name, a.train_list, a.test_list, a.label_map, shots, a.folds,
                                      a.seed, out / "splits", video_root=a.video_root)]
         else:
             tasks, problems = find_tasks(a.root, a.tasks if a.tasks != ["all"] else "all", video_root=a.video_root)
@@ -167,7 +169,7 @@ def cmd_fewshot(a: argparse.Namespace) -> int:
                 print(f"[fewshot] {line}")
             if not tasks:
                 raise FileNotFoundError(f"no task found under {a.root}: see the lines above")
-        result = run_fewshot(tasks, out, shots=a.shots or (4, 16, 100), methods=a.methods or DEFAULT_METHODS,
+        result = run_fewshot(tasks, out, shots=shots, methods=a.methods or DEFAULT_METHODS,
                              config=a.config, overrides=a.overrides, **common)
     failed = result["summary"].failed
     if failed:
