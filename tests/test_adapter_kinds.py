@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 
 from zeroi2v.adapter_kinds import LoRA, STAdapter
 from zeroi2v.adapters import PLACEMENTS, SLOTS
@@ -17,20 +16,12 @@ from zeroi2v.cli import main
 from zeroi2v.config import ModelConfig, check_model_config
 from zeroi2v.merge import merge_adapters, merge_refusal
 from zeroi2v.model import create_model
+from adapter_helpers import random_adapters
 
 MICRO = dict(backbone="zeroi2v-micro", num_classes=3, num_frames=4)  # width 48, fc1 48 -> 96, 4x4 patches
 WIDTH, HIDDEN, FRAMES = 48, 96, 4
 EVERY_PLACEMENT = [*PLACEMENTS, *([slot] for slot in SLOTS), ["q", "o", "fc2"]]
 
-
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every adapter weight non-zero (they start as the identity), and the temporal embedding, as after training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or name == "temporal_embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 @pytest.mark.parametrize("placement", EVERY_PLACEMENT, ids=str)
@@ -38,7 +29,7 @@ def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
                                      {"kind": "lora", "rank": 3, "alpha": 6, "dropout": 0.1}], ids=lambda a: a["kind"])
 def test_merged_equals_unmerged_in_every_placement(adapter, placement):
     torch.manual_seed(0)
-    model = _randomise(create_model(**MICRO, temporal={"kind": "stdha", "offsets": "1x1,-1x1"},
+    model = random_adapters(create_model(**MICRO, temporal={"kind": "stdha", "offsets": "1x1,-1x1"},
                                     adapter={**adapter, "placement": placement})).eval()
     assert all(a.registry_name == adapter["kind"] for a in model.blocks[0].adapters.values())
     merged = merge_adapters(model)
@@ -76,7 +67,7 @@ def test_every_kind_starts_as_the_image_model(adapter, placement):
     video = torch.randn(2, 3, FRAMES, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(video), plain(video), atol=1e-6, rtol=0)
-        _randomise(model)
+        random_adapters(model)
         assert (model(video) - plain(video)).abs().max() > 1e-4  # and the adapters are really in the path
 
 

@@ -10,6 +10,7 @@ from zeroi2v.export import example_clip, export_onnx, export_program, load_for_e
 from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import create_model
 from zeroi2v.onnx_model import OnnxClassifier
+from adapter_helpers import random_adapters
 
 NAMES = ["left", "right", "colour"]
 
@@ -20,11 +21,7 @@ def merged(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=4,
                          temporal={"kind": "stdha", "offsets": "1x1,-1x1", "boundary": "zero"})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or name == "temporal_embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    random_adapters(model)
     out = tmp_path_factory.mktemp("export") / "merged"
     save_merged(merge_adapters(model.eval()), out, extra={"class_names": NAMES})
     return out

@@ -7,23 +7,15 @@ from zeroi2v.backbones import create_visual, save_local_dir
 from zeroi2v.bench import PlainViT, backbone_params, count_flops, count_params
 from zeroi2v.merge import load_merged, merge_adapters, read_merged_config, save_merged
 from zeroi2v.model import create_model, display_name
+from adapter_helpers import random_adapters
 
-
-def _random_adapters(model, seed=0):
-    """Non-zero adapters (they start as identity) and temporal embedding, as after training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or name == "temporal_embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 @pytest.mark.parametrize("placement", ["4", "6", "3", ["q_in", "v_in", "mlp_out"]])
 @pytest.mark.parametrize("scale", [0.5, 1.0])
 def test_merged_equals_unmerged(placement, scale):
     torch.manual_seed(0)
-    model = _random_adapters(create_model(backbone="zeroi2v-tiny", num_classes=7, num_frames=8,
+    model = random_adapters(create_model(backbone="zeroi2v-tiny", num_classes=7, num_frames=8,
                                           offsets="1x2,-1x1,2x1,0x4", adapter_placement=placement,
                                           adapter_scale=scale, adapter_dropout=0.1)).eval()
     merged = merge_adapters(model)
@@ -39,7 +31,7 @@ def test_merged_equals_unmerged(placement, scale):
 
 
 def test_merged_checkpoint_round_trip(tmp_path):
-    model = _random_adapters(create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=4,
+    model = random_adapters(create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=4,
                                           offsets="1x1,-1x1", boundary="zero")).eval()
     merged = merge_adapters(model)
     save_merged(merged, tmp_path, extra={"class_names": ["a", "b", "c"]})
@@ -71,7 +63,7 @@ def test_save_refuses_unmerged_and_load_refuses_non_checkpoints(tmp_path):
 
 
 def test_merged_flops_equal_plain_vit():
-    model = _random_adapters(create_model(backbone="zeroi2v-tiny", num_classes=4, num_frames=8, offsets="1x2,-1x2")).eval()
+    model = random_adapters(create_model(backbone="zeroi2v-tiny", num_classes=4, num_frames=8, offsets="1x2,-1x2")).eval()
     merged = merge_adapters(model)
     video = torch.randn(1, 3, 8, 32, 32)
     plain = PlainViT(merged)

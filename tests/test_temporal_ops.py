@@ -14,6 +14,7 @@ from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import create_model
 from zeroi2v.shifts import shift_channels
 from zeroi2v.temporal import TEMPORAL, TemporalOperator
+from adapter_helpers import random_adapters
 
 FRAMES = 4
 
@@ -72,18 +73,10 @@ def _model(temporal, seed=0, **kw):
     return create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=FRAMES, temporal=temporal, **kw)
 
 
-def _random_adapters(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or name == "temporal_embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
-
 
 @pytest.mark.parametrize("temporal", SPECS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
 def test_fast_operator_matches_the_slow_loop_at_the_model_level(temporal):
-    model = _random_adapters(_model(temporal)).eval()
+    model = random_adapters(_model(temporal)).eval()
     slow = copy.deepcopy(model)
     for blk in slow.blocks:
         blk.temporal = SlowShift(model.temporal_spec, FRAMES)
@@ -156,7 +149,7 @@ def test_none_is_the_spatial_model_and_the_block_calls_no_unused_place(monkeypat
 
 @pytest.mark.parametrize("temporal", SPECS[::2] + [SPECS[3], {"kind": "none"}], ids=lambda s: s["kind"])
 def test_merge_and_the_merged_checkpoint_keep_every_operator(tmp_path, temporal):
-    model = _random_adapters(_model(temporal, adapter={"kind": "linear", "placement": "6"})).eval()
+    model = random_adapters(_model(temporal, adapter={"kind": "linear", "placement": "6"})).eval()
     merged = merge_adapters(model)
     video = torch.randn(2, 3, FRAMES, 32, 32)
     with torch.no_grad():

@@ -13,6 +13,7 @@ from zeroi2v.config import check_model_config
 from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import ModelConfig, create_model
 from zeroi2v.swin_video import SwinVideoBlock
+from adapter_helpers import random_adapters
 
 timm = pytest.importorskip("timm")
 
@@ -35,14 +36,6 @@ def _timm_reference(model):
                          if k.startswith("visual.") and ".adapters." not in k})
     return ref
 
-
-def _random_adapters(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or name == "temporal_embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 def test_names_reach_the_swin_family_and_v2_is_refused():
@@ -114,7 +107,7 @@ def test_a_temporal_head_reads_only_the_same_window_of_the_other_frame():
 @pytest.mark.parametrize("adapter", [{"kind": "linear", "placement": "6"}, {"kind": "linear", "placement": "3"},
                                      {"kind": "lora", "placement": "qv"}])
 def test_merged_equals_unmerged_patch_merging_gets_no_adapters_and_round_trips(adapter, tmp_path):
-    model = _random_adapters(_model(3, "1x1,-1x1", adapter))
+    model = random_adapters(_model(3, "1x1,-1x1", adapter))
     names = [n for n, _ in model.named_parameters()]
     assert any(".adapters." in n for n in names)
     assert not any(".adapters." in n for n in names if ".downsample." in n or "patch_embed" in n)
@@ -136,7 +129,7 @@ def test_merged_equals_unmerged_patch_merging_gets_no_adapters_and_round_trips(a
 
 
 def test_merged_flops_equal_the_plain_timm_model():
-    merged = merge_adapters(_random_adapters(_model(2, "1x1,-1x1", {"kind": "linear", "placement": "4"})))
+    merged = merge_adapters(random_adapters(_model(2, "1x1,-1x1", {"kind": "linear", "placement": "4"})))
     clip = torch.randn(1, 3, 2, 112, 112)
     assert count_flops(merged, clip) == count_flops(PlainViT(merged), clip)
 

@@ -8,19 +8,12 @@ from zeroi2v.bench import PlainViT, count_flops, count_params
 from zeroi2v.config import check_model_config
 from zeroi2v.merge import load_merged, merge_adapters, save_merged
 from zeroi2v.model import ModelConfig, create_model
+from adapter_helpers import random_adapters
 
 timm = pytest.importorskip("timm")
 
 TINY = "timm:vit_tiny_patch16_224?img_size=32&depth=2"  # 192 wide, 3 heads, 2 blocks, 2x2 patches
 
-
-def _random_adapters(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or name == "temporal_embedding":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 def _timm_reference(model):
@@ -57,7 +50,7 @@ def test_zero_adapters_and_no_shift_reproduce_timm_features(placement):
 @pytest.mark.parametrize("placement", ["4", "6", "3"])
 def test_merged_equals_unmerged_and_round_trips(placement, tmp_path):
     torch.manual_seed(0)
-    model = _random_adapters(create_model(backbone=TINY, num_classes=3, num_frames=4,
+    model = random_adapters(create_model(backbone=TINY, num_classes=3, num_frames=4,
                                           temporal={"kind": "stdha", "offsets": "1x1,-1x1"},
                                           adapter={"kind": "linear", "placement": placement})).eval()
     merged = merge_adapters(model)
@@ -76,7 +69,7 @@ def test_merged_equals_unmerged_and_round_trips(placement, tmp_path):
 def test_merged_flops_equal_the_plain_timm_model_and_gradcam_runs():
     from zeroi2v.explain import gradcam
     torch.manual_seed(0)
-    model = _random_adapters(create_model(backbone=TINY, num_classes=3, num_frames=4,
+    model = random_adapters(create_model(backbone=TINY, num_classes=3, num_frames=4,
                                           temporal={"kind": "stdha", "offsets": "1x1,-1x1"})).eval()
     merged = merge_adapters(model)
     video = torch.randn(1, 3, 4, 32, 32)
