@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zeroi2v.adapters import ADAPTERS, SLOTS, Adapter, LinearAdapter
+from zeroi2v.adapters import ADAPTERS, SLOTS, Adapter, LinearAdapter, check_bottleneck
 
 PROJECTION_OF_SLOT = {"attn_in": "fused Q/K/V", "q_in": "Q", "k_in": "K", "v_in": "V", "attn_out": "O",
                       "mlp_in": "fc1", "mlp_out": "fc2"}
@@ -149,11 +149,7 @@ class STAdapter(Adapter):
 
     @classmethod
     def check_spec(cls, spec: Mapping[str, Any]) -> dict:
-        spec = super().check_spec(spec)
-        if not float(spec["ratio"]) > 0:
-            raise ValueError(f"ratio: must be > 0, got {spec['ratio']}")
-        if not 0.0 <= float(spec["dropout"]) <= 1.0:
-            raise ValueError(f"dropout: must be in [0, 1], got {spec['dropout']}")
+        spec = check_bottleneck(super().check_spec(spec))
         kernel = spec["kernel"]
         if not (isinstance(kernel, (list, tuple)) and len(kernel) == 3 and all(
                 isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 for k in kernel)):

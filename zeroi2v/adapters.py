@@ -103,6 +103,15 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
 
+def check_bottleneck(spec: dict) -> dict:
+    """A bottleneck adapter's ``ratio`` (> 0) and ``dropout`` (in [0, 1]); returns the spec."""
+    if not float(spec["ratio"]) > 0:
+        raise ValueError(f"ratio: must be > 0, got {spec['ratio']}")
+    if not 0.0 <= float(spec["dropout"]) <= 1.0:
+        raise ValueError(f"dropout: must be in [0, 1], got {spec['dropout']}")
+    return spec
+
+
 @ADAPTERS.register("linear")
 class LinearAdapter(Adapter):
     """``x + scale · up(dropout(down(x)))`` with a bottleneck of ``ratio × dim`` channels.
@@ -131,12 +140,8 @@ class LinearAdapter(Adapter):
 
     @classmethod
     def check_spec(cls, spec: Mapping[str, Any]) -> dict:
-        spec = super().check_spec(spec)
-        if not float(spec["ratio"]) > 0:
-            raise ValueError(f"ratio: must be > 0, got {spec['ratio']}")
-        if not 0.0 <= float(spec["dropout"]) <= 1.0:
-            raise ValueError(f"dropout: must be in [0, 1], got {spec['dropout']}")
-        return spec
+        return check_bottleneck(super().check_spec(spec))
+
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, in_dim: int, out_dim: int, slot: str) -> "LinearAdapter":
