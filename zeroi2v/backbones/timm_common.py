@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from zeroi2v.backbones.base import Backbone
 from zeroi2v.backbones.weights import load_state_dict_file
 
 HUB = "timm"
@@ -164,3 +165,24 @@ def load_tower(arch: dict[str, Any], pretrained: str | None, check: Callable[[nn
             f"pretrained=/path/to/model.safetensors (timm's layout, as on the hub repo timm/{name})") from None
     check(tower)
     return tower
+
+
+class TimmTower(Backbone):
+    """What the timm families share: the architecture read from the name, the tower with its weights, and
+    a random build from the architecture data. ``check`` validates a built tower and gives its facts
+    (``check_vit``, ``check_swin``); a family sets it with ``staticmethod``."""
+
+    check: Callable[[nn.Module], dict[str, Any]]
+
+    @classmethod
+    def arch(cls, name: str) -> dict[str, Any]:
+        return architecture(name, cls.check)
+
+    @classmethod
+    def create(cls, name: str, pretrained: str | None) -> tuple[nn.Module, dict[str, Any]]:
+        arch = cls.arch(name)
+        return load_tower(arch, pretrained, cls.check), arch
+
+    @classmethod
+    def build(cls, arch: dict[str, Any]) -> nn.Module:
+        return build_tower(arch, cls.check)

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from zeroi2v.backbones.base import BACKBONES, Backbone, BlockLayout
-from zeroi2v.backbones.timm_common import architecture, arch_facts, build_tower, is_swin, load_tower
+from zeroi2v.backbones.base import BACKBONES, BlockLayout
+from zeroi2v.backbones.timm_common import TimmTower, arch_facts, is_swin
 
 NO_GRID = ("Swin has no single token grid with a class token (each stage has its own grid, attention runs in "
            "windows)")
@@ -69,7 +69,7 @@ class StageBlocks(Sequence):
 
 
 @BACKBONES.register("timm_swin")
-class TimmSwin(Backbone):
+class TimmSwin(TimmTower):
     """timm's ``SwinTransformer`` (v1), named ``timm:swin_...[.TAG][?key=value...]`` as in ``timm_common``.
 
     Parameters keep timm's names (``visual.layers.2.blocks.5.attn.qkv.weight``), so a merged checkpoint is
@@ -83,16 +83,13 @@ class TimmSwin(Backbone):
         projections={"qkv": ("attn.qkv", "weight", "bias"), "attn_out": ("attn.proj", "weight", "bias"),
                      "fc1": ("mlp.fc1", "weight", "bias"), "fc2": ("mlp.fc2", "weight", "bias")})
     pool_norm = "norm"
+    check = staticmethod(check_swin)
     no_weight_decay = ("absolute_pos_embed", "relative_position_bias_table")
     gradcam_limit = f"{NO_GRID}; Grad-CAM runs on ViT backbones"
 
     @classmethod
     def claims(cls, name: str) -> bool:
         return is_swin(name)
-
-    @classmethod
-    def arch(cls, name: str) -> dict[str, Any]:
-        return architecture(name, check_swin)
 
     @classmethod
     def facts(cls, arch: dict[str, Any]) -> dict[str, Any]:
@@ -110,15 +107,6 @@ class TimmSwin(Backbone):
     def temporal_shape(cls, facts: dict[str, Any]) -> dict[str, Any]:
         heads = [h for n, h in zip(facts["stages"], facts["stage_heads"]) for _ in range(n)]
         return {"num_heads": heads, "num_layers": facts["layers"], "stages": list(facts["stages"])}
-
-    @classmethod
-    def create(cls, name: str, pretrained: str | None) -> tuple[nn.Module, dict[str, Any]]:
-        arch = cls.arch(name)
-        return load_tower(arch, pretrained, check_swin), arch
-
-    @classmethod
-    def build(cls, arch: dict[str, Any]) -> nn.Module:
-        return build_tower(arch, check_swin)
 
     @classmethod
     def blocks(cls, tower: nn.Module) -> StageBlocks:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from zeroi2v.backbones.base import BACKBONES, Backbone, BlockLayout
-from zeroi2v.backbones.timm_common import architecture, arch_facts, build_tower, is_swin, load_tower
+from zeroi2v.backbones.base import BACKBONES, BlockLayout
+from zeroi2v.backbones.timm_common import TimmTower, arch_facts, is_swin
 
 PREFIX = "timm:"
 
@@ -62,7 +62,7 @@ def check_vit(tower: nn.Module) -> dict[str, int]:
 
 
 @BACKBONES.register("timm")
-class TimmViT(Backbone):
+class TimmViT(TimmTower):
     """timm's ``VisionTransformer`` (class-token ViTs), named ``timm:MODEL[.TAG][?key=value...]``.
 
     Parameters keep timm's names (``visual.blocks.0.attn.qkv.weight``), so a merged checkpoint is timm's
@@ -76,6 +76,7 @@ class TimmViT(Backbone):
         projections={"qkv": ("attn.qkv", "weight", "bias"), "attn_out": ("attn.proj", "weight", "bias"),
                      "fc1": ("mlp.fc1", "weight", "bias"), "fc2": ("mlp.fc2", "weight", "bias")})
     pool_norm = "norm"
+    check = staticmethod(check_vit)
     no_weight_decay = ("cls_token", "pos_embed")
 
     @classmethod
@@ -83,21 +84,8 @@ class TimmViT(Backbone):
         return not is_swin(name)  # timm's Swin names go to ``TimmSwin``
 
     @classmethod
-    def arch(cls, name: str) -> dict[str, Any]:
-        return architecture(name, check_vit)
-
-    @classmethod
     def facts(cls, arch: dict[str, Any]) -> dict[str, int]:
         return arch_facts(arch)
-
-    @classmethod
-    def create(cls, name: str, pretrained: str | None) -> tuple[nn.Module, dict[str, Any]]:
-        arch = cls.arch(name)
-        return load_tower(arch, pretrained, check_vit), arch
-
-    @classmethod
-    def build(cls, arch: dict[str, Any]) -> nn.Module:
-        return build_tower(arch, check_vit)
 
     @classmethod
     def blocks(cls, tower: nn.Module) -> nn.Sequential:
