@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from zeroi2v.config import Config, config_from_data
 from zeroi2v.registry import Registry
+from zeroi2v.text_head import text_head_for
 
 METHODS = Registry("few-shot method")
 HEAD_INITS = ("random", "text")
@@ -166,12 +167,6 @@ def _device(cfg: Config) -> str:
     return "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def _text_head(cfg: Config, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text-initialised head's (weight, bias) for ``classes`` on the backbone of ``cfg.model``."""
-    from zeroi2v.text_head import text_head_for
-    return text_head_for(cfg.model, classes)
-
-
 def _scores(weight: torch.Tensor, bias: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
             classes: list[str]) -> dict[str, Any]:
     from zeroi2v.evaluate import metrics_from_probs
@@ -184,7 +179,7 @@ class ZeroShotMethod(FeatureMethod):
     """CLIP zero-shot on frame-averaged features: the text head, no training (needs the text tower)."""
 
     def run(self, spec: RowSpec, cfg: Config) -> dict[str, Any]:
-        weight, bias = _text_head(cfg, spec.classes)
+        weight, bias = text_head_for(cfg.model, spec.classes)
         feats, labels = self.features(spec, cfg, "test")
         scores = _scores(weight, bias, feats, labels, spec.classes)
         return {**scores, "best_top1": scores["top1"], "best_epoch": 0, "epochs": 0, "trainable_params": 0,
@@ -204,7 +199,7 @@ class LinearProbeMethod(FeatureMethod):
         nn.init.normal_(head.weight, std=0.01)
         nn.init.zeros_(head.bias)
         if spec.head_init == "text":
-            weight, bias = _text_head(cfg, spec.classes)
+            weight, bias = text_head_for(cfg.model, spec.classes)
             head.weight.data.copy_(weight)
             head.bias.data.copy_(bias)
         drop = nn.Dropout(cfg.model.head_dropout)

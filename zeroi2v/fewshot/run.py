@@ -71,9 +71,10 @@ def plan_rows(tasks: Sequence[Any], shots: Sequence[int], folds: Sequence[int], 
                     key = {"task": task.name, "shots": k, "fold": fold, "method": label}
                     defining = {"method": m, "head_init": head_init, "config": recipe, "classes": spec.classes,
                                 "train": _sha(train_list), "test": test_sha}
-                    row = Row(key=key, fn="zeroi2v.fewshot.methods:run_row", kwargs={}, config_hash=config_hash(defining))
-                    spec.run_dir = str(out / "runs" / row.id)
-                    rows.append(Row(key=key, fn=row.fn, kwargs=vars(spec), config_hash=row.config_hash))
+                    row = Row(key=key, fn="zeroi2v.fewshot.methods:run_row", kwargs=vars(spec),
+                              config_hash=config_hash(defining))
+                    spec.run_dir = str(out / "runs" / row.id)  # the id depends on the key only
+                    rows.append(row)
     return rows, notes
 
 
