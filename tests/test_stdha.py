@@ -4,7 +4,9 @@ import random
 import pytest
 import torch
 
-from zeroi2v.stdha import PRESETS, STDHA, format_offsets, parse_offsets, shift_heads, stdha_attention
+from zeroi2v.model import create_model
+from zeroi2v.stdha import PRESETS, STDHA, format_offsets, head_runs, parse_offsets, shift_heads, stdha_attention
+from adapter_helpers import random_adapters
 
 
 def reference_stdha(q, k, v, offsets, num_frames, boundary):
@@ -50,6 +52,70 @@ def test_shift_reads_the_right_frame():
     assert out.tolist() == [[1, 0, 0], [2, 0, 1], [3, 1, 2], [3, 2, 3]]
     out = shift_heads(x + 1, (2, -1, 0), frames, "zero")[:, :, 0, 0]
     assert out.tolist() == [[3, 0, 1], [4, 1, 2], [0, 2, 3], [0, 3, 4]]
+
+
+def test_head_runs_group_neighbouring_heads_with_one_offset():
+    assert head_runs((1, 1, -1, -1, 0, 0)) == ((0, 2, 1), (2, 4, -1))
+    assert head_runs((1, -1, 1, 0, 2, 2)) == ((0, 1, 1), (1, 2, -1), (2, 3, 1), (4, 6, 2))
+    assert head_runs((0, 0)) == ()
+
+
+@pytest.mark.parametrize("boundary", ["self", "zero"])
+def test_in_place_shift_equals_the_gather(boundary):
+    """``STDHA.qkv_`` on the packed projection output == ``STDHA.qkv`` (the gather) on its Q/K/V views."""
+    rng = random.Random(1)
+    for trial in range(8):
+        heads, frames = rng.choice([(6, 4), (8, 8), (12, 8)])
+        offsets = [rng.choice([1, -1, 2, -2, 3, -3, 0]) for _ in range(heads)]  # runs in any order
+        op = STDHA(offsets, frames, boundary)
+        packed = torch.randn(2 * frames, 10, 3, heads, 5)
+        q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
+        want = op.qkv(q, k, v)
+        op.qkv_(packed)
+        got = packed.permute(2, 0, 3, 1, 4).unbind(0)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), (offsets, boundary)
+
+
+def _stdha_model(frames=4):
+    torch.manual_seed(0)
+    model = create_model(backbone="zeroi2v-micro", num_classes=3, num_frames=frames,
+                         temporal={"kind": "stdha", "offsets": "1x1,-1x1,2x1"})
+    return random_adapters(model)
+
+
+def _gather_path(model):
+    """A no-op hook on every k probe: the block then reads Q/K/V before STDHA, so it takes the gather."""
+    return [blk.k_probe.register_forward_hook(lambda m, i, o: None) for blk in model.blocks]
+
+
+def test_model_takes_the_in_place_path_and_it_equals_the_gather_in_outputs_and_gradients(monkeypatch):
+    model = _stdha_model()
+    clip = torch.randn(2, 3, 4, model.image_size, model.image_size)
+    calls = {"qkv": 0, "qkv_": 0}
+    for name in calls:
+        orig = getattr(STDHA, name)
+        monkeypatch.setattr(STDHA, name, lambda self, *a, _o=orig, _n=name: (calls.__setitem__(_n, calls[_n] + 1),
+                                                                              _o(self, *a))[1])
+
+    def run():
+        model.zero_grad()
+        out = model(clip)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.eval()  # no dropout; autograd still records (the backward runs through the in-place copies)
+    out_fast, grads_fast = run()
+    assert calls == {"qkv": 0, "qkv_": len(model.blocks)}
+    hooks = _gather_path(model)
+    out_gather, grads_gather = run()
+    assert calls == {"qkv": len(model.blocks), "qkv_": len(model.blocks)}
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(out_fast, out_gather, rtol=0, atol=1e-6)
+    assert grads_fast.keys() == grads_gather.keys() and any(".adapters." in n for n in grads_fast)
+    for name in grads_fast:
+        torch.testing.assert_close(grads_fast[name], grads_gather[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_all_spatial_is_identity_and_copies_nothing():

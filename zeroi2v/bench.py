@@ -108,8 +108,9 @@ def latency_samples(models: dict[str, Callable], video: torch.Tensor, repeats: i
 
 
 def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views: int = 1,
-                     repeats: int = 10, latency: bool = True) -> dict:
-    """Params, GFLOPs (× views) and latency of plain ViT, unmerged and merged ZeroI2V on one input."""
+                     repeats: int = 10, latency: bool = True, compile: bool = False) -> dict:
+    """Params, GFLOPs (× views) and latency of plain ViT, unmerged and merged ZeroI2V on one input.
+    ``compile``: time each model through ``torch.compile`` (the counts stay those of the eager model)."""
     plain = PlainViT(merged).to(video.device, video.dtype)
     model, merged = model.eval(), merged.eval()
     report = {
@@ -120,7 +121,10 @@ def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views
                    (("plain", plain), ("unmerged", model), ("merged", merged))},
     }
     if latency:
-        lat = measure_latency({"plain": plain, "unmerged": model, "merged": merged}, video, repeats=repeats)
+        timed = {"plain": plain, "unmerged": model, "merged": merged}
+        if compile:
+            timed = {k: torch.compile(m) for k, m in timed.items()}
+        lat = measure_latency(timed, video, repeats=repeats, warmup=3 if compile else 2)
         report["latency_ms"] = {k: v * 1e3 for k, v in lat.items()}
         report["latency_ratio"] = {k: v / lat["plain"] for k, v in lat.items()}
     return report
@@ -148,6 +152,8 @@ def add_benchmark_arguments(ap) -> None:
     ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                     help="auto: bf16 on CUDA, fp32 on CPU. bf16 runs under torch.autocast")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true",
+                    help="time every model through torch.compile (warm-up rounds include compiling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
     ap.add_argument("--check", action="store_true", help=f"exit 1 when merged / plain > {TOLERANCE}")
@@ -187,7 +193,7 @@ def build_randomized(backbone: str, frames: int, offsets: str, placement: str, s
 
 def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int = 1, views: int = 3,
                         repeats: int = 5, offsets: str = "auto", placement: str = "4", device: str = "cpu",
-                        dtype: str = "auto", threads: int | None = None, seed: int = 0) -> dict:
+                        dtype: str = "auto", threads: int | None = None, seed: int = 0, compile: bool = False) -> dict:
     """Plain ViT vs unmerged vs merged ZeroI2V on one input, in one process (see ``zero_cost_report``)."""
     import platform
     from zeroi2v.merge import merge_adapters
@@ -211,11 +217,11 @@ def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
     with torch.no_grad(), autocast:
         gap = (model(video).float() - merged(video).float()).abs().max().item()
-        report = zero_cost_report(model, merged, video, views=views, repeats=repeats)
+        report = zero_cost_report(model, merged, video, views=views, repeats=repeats, compile=compile)
     ratio = report["latency_ratio"]["merged"]
     return {
         "setup": {"backbone": backbone, "frames": frames, "image_size": size, "batch": batch, "views": views,
-                  "repeats": repeats, "warmup": 2, "placement": placement,  # offsets: the distinct multisets, in order
+                  "repeats": repeats, "warmup": 3 if compile else 2, "compile": compile, "placement": placement,  # offsets: the distinct multisets, in order
                   "offsets": " / ".join(dict.fromkeys(format_offsets(o) for o in model.offsets)),
                   "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads() if dev.type == "cpu" else None,
                   "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "torch": torch.__version__,
@@ -232,7 +238,7 @@ def format_zero_cost(r: dict) -> str:
     s = r["setup"]
     where = f"{s['device']} ({s['gpu']})" if s["gpu"] else f"{s['device']}, {s['threads']} threads"
     lines = [f"ZeroI2V zero-cost benchmark: {s['backbone']}, {s['frames']} frames x {s['image_size']} px, batch {s['batch']}, "
-             f"{s['dtype']}, {where}",
+             f"{s['dtype']}{', torch.compile' if s.get('compile') else ''}, {where}",
              f"Δt = {{{s['offsets']}}} {'in every layer' if ' / ' not in s['offsets'] else '(stage by stage)'}, "
              f"adapters: placement {s['placement']}; "
              f"latency = median of {s['repeats']} interleaved runs",
@@ -258,7 +264,7 @@ def run_benchmark_cli(args) -> int:
     """Run with parsed ``add_benchmark_arguments`` options: print the table, write JSON, apply --check."""
     import json
     result = zero_cost_benchmark(args.backbone, args.frames, args.batch, args.views, args.repeats, args.offsets,
-                                 args.placement, args.device, args.dtype, args.threads, args.seed)
+                                 args.placement, args.device, args.dtype, args.threads, args.seed, args.compile)
     print(format_zero_cost(result))
     print(f"({result['seconds']:.0f} s)")
     if args.json:

@@ -97,10 +97,19 @@ class VideoBlock(nn.Module):
         else:
             qkv = torch.cat([self._project(p, self._adapt(f"{p}_in", x)) for p in "qkv"], dim=-1)
         c = qkv.shape[-1] // 3
-        q, k, v = qkv.view(bt, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k, v = _probe(self.q_probe, q), _probe(self.k_probe, k), _probe(self.v_probe, v)
-        if self.temporal.on_qkv:
-            q, k, v = self.temporal.qkv(q, k, v)
+        qkv = qkv.view(bt, n, 3, self.num_heads, c // self.num_heads)
+        probes = (self.q_probe, self.k_probe, self.v_probe)
+        # In place when nothing reads Q/K/V before the operator (no probe hooks) and no ONNX trace records the
+        # ops (the exported graph keeps the plain K/V gather).
+        in_place = self.temporal.in_place_qkv and not torch.jit.is_tracing() and \
+            not any(p._forward_hooks or p._forward_pre_hooks for p in probes)
+        if in_place:
+            self.temporal.qkv_(qkv)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if not in_place:
+            q, k, v = (_probe(p, x) for p, x in zip(probes, (q, k, v)))
+            if self.temporal.on_qkv:
+                q, k, v = self.temporal.qkv(q, k, v)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(bt, n, c)
         return self._adapt("attn_out", self._project("attn_out", out))
 

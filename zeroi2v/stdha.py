@@ -161,6 +161,46 @@ def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, bounda
     return out.reshape(bt, h, n, d)
 
 
+def head_runs(offsets: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+    """Runs of neighbouring heads with one nonzero Δt: ``(first head, end head, Δt)``, in head order."""
+    runs: list[list[int]] = []
+    for h, off in enumerate(offsets):
+        if off and runs and runs[-1][2] == off and runs[-1][1] == h:
+            runs[-1][1] = h + 1
+        elif off:
+            runs.append([h, h + 1, off])
+    return tuple(tuple(r) for r in runs)
+
+
+def run_frames(off: int, num_frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """The frame each frame of a Δt = ``off`` head reads, its own frame where t + Δt leaves the clip."""
+    t = torch.arange(num_frames, device=device)
+    return torch.where((t + off >= 0) & (t + off < num_frames), t + off, t)
+
+
+def shift_packed_(qkv: torch.Tensor, runs: Sequence[tuple[int, int, int]], num_frames: int,
+                  boundary: str = "self", frames: Sequence[torch.Tensor] | None = None) -> None:
+    """``shift_heads`` for K and V at once, in place on the packed projection output.
+
+    ``qkv`` is (B*T, N, 3, heads, head_dim), frame-major within each video. For each run of heads with
+    one Δt (``head_runs``), frame t takes the K and V of frame t + Δt (one ``index_select`` of that run's
+    K/V, copied back); frames whose t + Δt leaves the clip keep their own values ('self') or become zeros
+    ('zero'). Spatial heads and Q are never touched, so the attention then reads plain strided views of
+    ``qkv``, as the image model's does: the cost is one copy of the temporal heads' K/V, not a gather of
+    every head. ``frames``: ``run_frames`` of each run, computed beforehand (STDHA caches them per device).
+    """
+    bt, n, three, h, d = qkv.shape
+    if bt % num_frames:
+        raise ValueError(f"batch of {bt} frames is not a multiple of num_frames={num_frames}")
+    t = num_frames
+    x = qkv.view(bt // t, t, n, three, h, d).narrow(3, 1, 2)  # K and V
+    for i, (first, end, off) in enumerate(runs):
+        kv = x.narrow(4, first, end - first)
+        kv.copy_(kv.index_select(1, frames[i] if frames is not None else run_frames(off, t, qkv.device)))
+        if boundary == "zero":
+            kv.narrow(1, t - off if off > 0 else 0, abs(off)).zero_()
+
+
 @TEMPORAL.register("stdha")
 class STDHA(TemporalOperator):
     """The temporal operator of one attention layer: shifts K and V of the temporal heads.
@@ -172,6 +212,7 @@ class STDHA(TemporalOperator):
     """
 
     on_qkv = True
+    in_place_qkv = True
     defaults = {"offsets": "1x1,-1x1", "boundary": "self"}
 
     def __init__(self, offsets: Sequence[int], num_frames: int, boundary: str = "self"):
@@ -181,6 +222,8 @@ class STDHA(TemporalOperator):
         self.offsets = tuple(int(o) for o in offsets)
         self.num_frames = int(num_frames)
         self.boundary = boundary
+        self._runs = head_runs(self.offsets)
+        self._frames: dict[torch.device, list[torch.Tensor]] = {}
         self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -246,6 +289,12 @@ class STDHA(TemporalOperator):
             self._index[k.device] = source_frames(self.offsets, self.num_frames, self.boundary, k.device)
         index = self._index[k.device]
         return q, *(shift_heads(x, self.offsets, self.num_frames, self.boundary, index) for x in (k, v))
+
+    def qkv_(self, qkv: torch.Tensor) -> None:
+        """``qkv`` in place on the packed (B*T, N, 3, heads, head_dim) projection output (``shift_packed_``)."""
+        if qkv.device not in self._frames:
+            self._frames[qkv.device] = [run_frames(off, self.num_frames, qkv.device) for *_, off in self._runs]
+        shift_packed_(qkv, self._runs, self.num_frames, self.boundary, self._frames[qkv.device])
 
     forward = qkv
 

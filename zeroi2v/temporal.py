@@ -45,6 +45,9 @@ class TemporalOperator(nn.Module):
     """The block calls ``mlp_tokens(x)`` on the MLP branch's input."""
     on_qkv: ClassVar[bool] = False
     """The block calls ``qkv(q, k, v)`` before the attention."""
+    in_place_qkv: ClassVar[bool] = False
+    """The operator also has ``qkv_(qkv)``, the same re-indexing done in place on the projection's packed
+    output (B*T, N, 3, heads, head_dim); the block uses it when nothing reads Q/K/V before the operator."""
     defaults: ClassVar[dict[str, Any]] = {}
     """Every spec key the operator takes, with its default (the docstring of the subclass explains them)."""
 
@@ -87,6 +90,11 @@ class TemporalOperator(nn.Module):
 
     def qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         return q, k, v
+
+    def qkv_(self, qkv: torch.Tensor) -> None:
+        """In place on the packed (B*T, N, 3, heads, head_dim) Q/K/V: what ``qkv`` returns, for operators
+        that declare ``in_place_qkv``."""
+        raise NotImplementedError
 
 
 @TEMPORAL.register("none")
