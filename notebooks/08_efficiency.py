@@ -29,7 +29,8 @@
 #    against the plain ViT's own export (it needs the export extra: `pip install -e ".[export]"`).
 #
 # Everything runs on the quickstart's tiny ViT (32 px, 8 frames). With `SMALL` (env `ZEROI2V_NB_SMALL=1`,
-# what the tests run) it takes some twenty seconds: few repeats, small batches. Without it, a few minutes.
+# what the tests run) it takes some twenty seconds: few repeats, small batches. Without it, about a minute:
+# more repeats, batches up to 32, training at batch 4.
 # Weights are random: cost does not depend on their values. **Absolute times are this machine's, and at
 # this size fixed overheads weigh a lot.** Ratios measured in one process are what to read. The last
 # section gives the commands for ViT-B/16 and for a GPU.
