@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """ONNX export at zero extra cost: onnxruntime latency of the merged ZeroI2V export vs the plain ViT's export.
 
-One process, one input, three ONNX files written by ``zeroi2v.export.export_onnx``:
+One process, one input, three ONNX files written by ``zeroi2v.export.export_onnx`` (the logic is
+``zeroi2v.export.onnx_latency``, which notebook 08 runs too):
   plain    the image ViT run frame by frame (``zeroi2v.bench.PlainViT``: the backbone's own forward, no STDHA,
            no temporal embedding), same head, same weights;
   spatial  the merged model's graph with every Δt = 0 and no temporal embedding (``spatial_only``): the
@@ -23,10 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
-
-import torch
 
 
 def build(args):
@@ -34,48 +31,10 @@ def build(args):
     from zeroi2v.export import load_for_export
     if args.checkpoint:
         return load_for_export(args.checkpoint)
-    from zeroi2v.bench import default_offsets, randomize_adapters
+    from zeroi2v.bench import build_randomized, default_offsets
     from zeroi2v.merge import merge_adapters
-    from zeroi2v.model import create_model
-    torch.manual_seed(args.seed)
-    model = create_model(backbone=args.backbone, num_classes=400, num_frames=args.frames,
-                         temporal={"kind": "stdha", "offsets": default_offsets(args.backbone, args.frames)},
-                         adapter={"kind": "linear", "placement": "4"})
-    return merge_adapters(randomize_adapters(model, args.seed))
-
-
-def spatial_only(merged):
-    """The merged model's own graph with STDHA's offsets all 0 and no temporal embedding: the plain ViT
-    through ZeroI2V's block code, so that merged / spatial isolates the cost of STDHA's Gather."""
-    import copy
-    model = copy.deepcopy(merged)
-    for blk in model.blocks:
-        blk.temporal.offsets = (0,) * len(blk.temporal.offsets)
-    model.temporal_embedding = None
-    return model.eval()
-
-
-def onnx_latency(merged, batch: int = 1, repeats: int = 10, threads: int | None = None) -> dict:
-    """Export ``merged`` and its plain ViT to ONNX, check both against PyTorch, time both on onnxruntime."""
-    from zeroi2v.bench import PlainViT, measure_latency
-    from zeroi2v.export import example_clip, export_onnx, max_abs_diff, onnx_metadata
-    from zeroi2v.onnx_model import OnnxClassifier
-    models = {"plain": PlainViT(merged), "spatial": spatial_only(merged), "merged": merged}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model in models.items():
-            export_onnx(model, Path(tmp) / f"{name}.onnx", clip=example_clip(merged),
-                        metadata=onnx_metadata(merged, f"{name} (benchmark)"))
-        runs = {name: OnnxClassifier(Path(tmp) / f"{name}.onnx", threads=threads) for name in models}
-        diffs = {name: max_abs_diff(model, runs[name], clip_of=merged) for name, model in models.items()}
-        seconds = measure_latency(runs, example_clip(merged, batch, seed=7), repeats=repeats)
-    import onnxruntime
-    return {"setup": {"backbone": merged.cfg.backbone, "frames": merged.num_frames, "image_size": merged.image_size,
-                      "batch": batch, "repeats": repeats, "threads": threads, "onnxruntime": onnxruntime.__version__,
-                      "torch": torch.__version__},
-            "latency_ms": {k: round(v * 1e3, 3) for k, v in seconds.items()},
-            "merged_over_plain": seconds["merged"] / seconds["plain"],
-            "merged_over_spatial": seconds["merged"] / seconds["spatial"],
-            "max_abs_logit_diff_vs_pytorch": diffs}
+    offsets = default_offsets(args.backbone, args.frames)
+    return merge_adapters(build_randomized(args.backbone, args.frames, offsets, "4", args.seed))
 
 
 def main(argv=None) -> int:
@@ -90,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args(argv)
+    from zeroi2v.export import onnx_latency
     result = onnx_latency(build(args), batch=args.batch, repeats=args.repeats, threads=args.threads)
     text = json.dumps(result, indent=1)
     print(text)

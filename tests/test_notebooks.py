@@ -28,7 +28,7 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 SOURCES = sorted(NB_DIR.glob("[0-9][0-9]_*.py"))  # the tutorials' sources; each pairs with its .ipynb
 PAIRS = sorted({p.stem for p in SOURCES} | {p.stem for p in NOTEBOOKS})  # NN_name, from either side
 OURS = ("01_stdha", "02_adapters_and_merge", "03_video_data", "04_train_zeroi2v", "05_explain_gradcam",
-        "06_fewshot_vidtab", "07_ablations")
+        "06_fewshot_vidtab", "07_ablations", "08_efficiency")
 PAIRING = "ipynb,py:percent"
 KERNEL = "python3"
 CELL_TIMEOUT = 600  # seconds per cell; SMALL notebooks take about a minute in all on 2 cores

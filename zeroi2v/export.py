@@ -136,6 +136,45 @@ def max_abs_diff(model: "nn.Module", run, batches: tuple[int, ...] = (1, 3), see
     return worst
 
 
+def spatial_only(merged: "nn.Module") -> "nn.Module":
+    """The merged model's own graph with STDHA's offsets all 0 and no temporal embedding: the plain ViT
+    through ZeroI2V's block code, so that merged / spatial isolates the cost of STDHA's Gather."""
+    import copy
+    model = copy.deepcopy(merged)
+    for blk in model.blocks:
+        blk.temporal.offsets = (0,) * len(blk.temporal.offsets)
+    model.temporal_embedding = None
+    return model.eval()
+
+
+def onnx_latency(merged: "nn.Module", batch: int = 1, repeats: int = 10, threads: int | None = None) -> dict:
+    """Export ``merged`` three ways (its plain ViT, ``spatial_only``, itself) to ONNX, check each against
+    PyTorch (``max_abs_diff``) and time them on onnxruntime's CPU provider, interleaved, in this process
+    (``zeroi2v.bench.measure_latency``): the ratios merged / plain and merged / spatial are the result
+    (``benchmarks/onnx_latency.py``, notebook 08)."""
+    import tempfile
+
+    import onnxruntime
+    import torch
+    from zeroi2v.bench import PlainViT, measure_latency
+    from zeroi2v.onnx_model import OnnxClassifier
+    models = {"plain": PlainViT(merged), "spatial": spatial_only(merged), "merged": merged}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            export_onnx(model, Path(tmp) / f"{name}.onnx", clip=example_clip(merged),
+                        metadata=onnx_metadata(merged, f"{name} (benchmark)"))
+        runs = {name: OnnxClassifier(Path(tmp) / f"{name}.onnx", threads=threads) for name in models}
+        diffs = {name: max_abs_diff(model, runs[name], clip_of=merged) for name, model in models.items()}
+        seconds = measure_latency(runs, example_clip(merged, batch, seed=7), repeats=repeats)
+    return {"setup": {"backbone": merged.cfg.backbone, "frames": merged.num_frames, "image_size": merged.image_size,
+                      "batch": batch, "repeats": repeats, "threads": threads, "onnxruntime": onnxruntime.__version__,
+                      "torch": torch.__version__},
+            "latency_ms": {k: round(v * 1e3, 3) for k, v in seconds.items()},
+            "merged_over_plain": seconds["merged"] / seconds["plain"],
+            "merged_over_spatial": seconds["merged"] / seconds["spatial"],
+            "max_abs_logit_diff_vs_pytorch": diffs}
+
+
 def add_cli(sub) -> None:
     """``zeroi2v export DIR --onnx OUT.onnx --torch-export OUT.pt2``."""
     p = sub.add_parser("export", help="export a merged checkpoint to ONNX and/or torch.export",
