@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from zeroi2v.model import create_model
-from zeroi2v.stdha import PRESETS, STDHA, format_offsets, head_runs, parse_offsets, shift_heads, stdha_attention
+from zeroi2v.stdha import (PRESETS, STDHA, format_offsets, head_runs, parse_offsets, shift_heads, shift_packed_,
+                           stdha_attention)
 from adapter_helpers import random_adapters
 
 
@@ -71,10 +72,14 @@ def test_in_place_shift_equals_the_gather(boundary):
         packed = torch.randn(2 * frames, 10, 3, heads, 5)
         q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
         want = op.qkv(q, k, v)
-        op.qkv_(packed)
-        got = packed.permute(2, 0, 3, 1, 4).unbind(0)
-        for g, w in zip(got, want):
-            assert torch.equal(g, w), (offsets, boundary)
+        for one_gather in (False, True):  # per run of heads (CPU's way) and one gather (CUDA's way)
+            shifted = packed.clone()
+            shift_packed_(shifted, offsets, frames, boundary, one_gather=one_gather)
+            got = shifted.permute(2, 0, 3, 1, 4).unbind(0)
+            for g, w in zip(got, want):
+                assert torch.equal(g, w), (offsets, boundary, one_gather)
+        op.qkv_(packed)  # the module's own call, with its buffered tables
+        assert all(torch.equal(g, w) for g, w in zip(packed.permute(2, 0, 3, 1, 4).unbind(0), want))
 
 
 def _stdha_model(frames=4):

@@ -10,6 +10,7 @@ first heads (contiguous channel blocks), as in the authors' code.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping, Sequence, Union
 
@@ -144,7 +145,7 @@ def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, bounda
 
     ``x`` is (B*T, heads, tokens, head_dim) with frames folded into the batch, frame-major within
     each video. One gather for all heads and frames; no copy at all when every Δt is 0.
-    ``index``: ``source_frames(...)`` computed beforehand (STDHA caches it per device).
+    ``index``: ``source_frames(...)`` computed beforehand (STDHA keeps it as buffers).
     """
     if not any(offsets):
         return x
@@ -161,7 +162,8 @@ def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, bounda
     return out.reshape(bt, h, n, d)
 
 
-def head_runs(offsets: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+@functools.lru_cache(maxsize=None)
+def head_runs(offsets: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
     """Runs of neighbouring heads with one nonzero Δt: ``(first head, end head, Δt)``, in head order."""
     runs: list[list[int]] = []
     for h, off in enumerate(offsets):
@@ -172,33 +174,53 @@ def head_runs(offsets: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
     return tuple(tuple(r) for r in runs)
 
 
-def run_frames(off: int, num_frames: int, device: torch.device | None = None) -> torch.Tensor:
-    """The frame each frame of a Δt = ``off`` head reads, its own frame where t + Δt leaves the clip."""
-    t = torch.arange(num_frames, device=device)
-    return torch.where((t + off >= 0) & (t + off < num_frames), t + off, t)
+def packed_tables(offsets: Sequence[int], num_frames: int, boundary: str = "self",
+                  device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Index tables of ``shift_packed_``: ``runs`` (one row per run of ``head_runs``: the frame each frame
+    reads), ``span`` (the same for every head from the first temporal head to the last, shaped to gather
+    along the frame axis of (B, T, N, 2, heads, D)) and ``span_valid`` (where that frame is inside the clip)."""
+    runs = head_runs(tuple(offsets))
+    src, valid = source_frames(offsets, num_frames, boundary, device)
+    first, end = (runs[0][0], runs[-1][1]) if runs else (0, 0)
+    shape = (1, num_frames, 1, 1, end - first, 1)
+    return {"runs": src[:, [r[0] for r in runs]].T.contiguous(), "span": src[:, first:end].reshape(shape),
+            "span_valid": valid[:, first:end].reshape(shape)}
 
 
-def shift_packed_(qkv: torch.Tensor, runs: Sequence[tuple[int, int, int]], num_frames: int,
-                  boundary: str = "self", frames: Sequence[torch.Tensor] | None = None) -> None:
+def shift_packed_(qkv: torch.Tensor, offsets: Sequence[int], num_frames: int, boundary: str = "self",
+                  tables: Sequence[torch.Tensor] | None = None, one_gather: bool | None = None) -> None:
     """``shift_heads`` for K and V at once, in place on the packed projection output.
 
-    ``qkv`` is (B*T, N, 3, heads, head_dim), frame-major within each video. For each run of heads with
-    one Δt (``head_runs``), frame t takes the K and V of frame t + Δt (one ``index_select`` of that run's
-    K/V, copied back); frames whose t + Δt leaves the clip keep their own values ('self') or become zeros
-    ('zero'). Spatial heads and Q are never touched, so the attention then reads plain strided views of
-    ``qkv``, as the image model's does: the cost is one copy of the temporal heads' K/V, not a gather of
-    every head. ``frames``: ``run_frames`` of each run, computed beforehand (STDHA caches them per device).
+    ``qkv`` is (B*T, N, 3, heads, head_dim), frame-major within each video. Frame t of a temporal head
+    takes the K and V of frame t + Δt; frames whose t + Δt leaves the clip keep their own values ('self')
+    or become zeros ('zero'). Spatial heads outside the temporal span and Q are never touched, so the
+    attention then reads plain strided views of ``qkv``, as the image model's does: the cost is one copy
+    of the temporal heads' K/V, not a gather of every head.
+
+    Two ways, the same result: ``one_gather`` (default on CUDA, where every kernel launch shows at batch 1)
+    gathers the span of temporal heads in one kernel and copies it back; otherwise (CPU, where CPU gather
+    is slow) one ``index_select`` per run of heads with one Δt (``head_runs``), copied back.
+    ``tables``: ``packed_tables(...).values()`` computed beforehand (STDHA keeps them as buffers).
     """
     bt, n, three, h, d = qkv.shape
     if bt % num_frames:
         raise ValueError(f"batch of {bt} frames is not a multiple of num_frames={num_frames}")
-    t = num_frames
-    x = qkv.view(bt // t, t, n, three, h, d).narrow(3, 1, 2)  # K and V
+    runs = head_runs(tuple(offsets))
+    if not runs:
+        return
+    by_run, span_src, span_valid = tables if tables is not None else \
+        packed_tables(offsets, num_frames, boundary, qkv.device).values()
+    kv = qkv.view(bt // num_frames, num_frames, n, three, h, d).narrow(3, 1, 2)  # K and V
+    if one_gather if one_gather is not None else qkv.is_cuda:
+        span = kv.narrow(4, runs[0][0], runs[-1][1] - runs[0][0])
+        out = torch.gather(span, 1, span_src.expand(span.shape))
+        span.copy_(out * span_valid if boundary == "zero" else out)
+        return
     for i, (first, end, off) in enumerate(runs):
-        kv = x.narrow(4, first, end - first)
-        kv.copy_(kv.index_select(1, frames[i] if frames is not None else run_frames(off, t, qkv.device)))
+        part = kv.narrow(4, first, end - first)
+        part.copy_(part.index_select(1, by_run[i]))
         if boundary == "zero":
-            kv.narrow(1, t - off if off > 0 else 0, abs(off)).zero_()
+            part.narrow(1, num_frames - off if off > 0 else 0, abs(off)).zero_()
 
 
 @TEMPORAL.register("stdha")
@@ -222,9 +244,12 @@ class STDHA(TemporalOperator):
         self.offsets = tuple(int(o) for o in offsets)
         self.num_frames = int(num_frames)
         self.boundary = boundary
-        self._runs = head_runs(self.offsets)
-        self._frames: dict[torch.device, list[torch.Tensor]] = {}
-        self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # index tables as buffers: they follow .to(device) and are never created inside a compiled graph
+        src, valid = source_frames(self.offsets, self.num_frames, boundary)
+        self.register_buffer("src", src, persistent=False)
+        self.register_buffer("valid", valid, persistent=False)
+        for name, table in packed_tables(self.offsets, self.num_frames, boundary).items():
+            self.register_buffer(f"packed_{name}", table, persistent=False)
 
     @classmethod
     def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int | Sequence[int], num_layers: int, num_frames: int,
@@ -285,16 +310,12 @@ class STDHA(TemporalOperator):
     def qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if not any(self.offsets):
             return q, k, v
-        if k.device not in self._index:
-            self._index[k.device] = source_frames(self.offsets, self.num_frames, self.boundary, k.device)
-        index = self._index[k.device]
-        return q, *(shift_heads(x, self.offsets, self.num_frames, self.boundary, index) for x in (k, v))
+        return q, *(shift_heads(x, self.offsets, self.num_frames, self.boundary, (self.src, self.valid)) for x in (k, v))
 
     def qkv_(self, qkv: torch.Tensor) -> None:
         """``qkv`` in place on the packed (B*T, N, 3, heads, head_dim) projection output (``shift_packed_``)."""
-        if qkv.device not in self._frames:
-            self._frames[qkv.device] = [run_frames(off, self.num_frames, qkv.device) for *_, off in self._runs]
-        shift_packed_(qkv, self._runs, self.num_frames, self.boundary, self._frames[qkv.device])
+        shift_packed_(qkv, self.offsets, self.num_frames, self.boundary,
+                      (self.packed_runs, self.packed_span, self.packed_span_valid))
 
     forward = qkv
 
