@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from zeroi2v.adapters import SLOTS, build_adapters, resolve_adapter
 from zeroi2v.backbones import Backbone, display_name, family_of  # noqa: F401  (display_name re-exported)
 from zeroi2v.config import CLIP_MEAN, CLIP_STD, FINETUNE_MODES, ModelConfig  # noqa: F401  (re-exported)
+from zeroi2v.fused import fusable, fused_linear
 from zeroi2v.temporal import build_temporal, resolve_temporal
 
 _PROJECTION_SLOTS = {p: [s for s, slot in SLOTS.items() if slot.projection == p] for p in
@@ -72,16 +73,21 @@ class VideoBlock(nn.Module):
                 path, w, b = layout.projections["qkv" if self._fused and name in ("q", "k", "v") else name]
                 self._proj[name] = (self.get_submodule(path), w, b, None if rows == slice(None) else rows)
 
+    fuse_adapters = False
+    """Run linear adapters fused into their frozen projections (``zeroi2v.fused``); set from
+    ``ModelConfig.fused_adapters``. ``_adapt`` then skips a fused slot and ``_project`` applies it."""
+
     def _adapt(self, slot: str, x: torch.Tensor) -> torch.Tensor:
         a = self.adapters[slot] if slot in self.adapters else None
-        return a(x) if a is not None and a.merge != "delta" else x
+        return a(x) if a is not None and a.merge != "delta" and not (self.fuse_adapters and fusable(self, slot)) else x
 
     def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         module, w, b, rows = self._proj[name]
         weight, bias = getattr(module, w), getattr(module, b) if b else None
         if rows is not None:
             weight, bias = weight[rows], bias[rows] if bias is not None else None
-        y = F.linear(x, weight, bias)
+        y = fused_linear(self, _PROJECTION_SLOTS[name], x, weight, bias) if self.fuse_adapters else None
+        y = F.linear(x, weight, bias) if y is None else y
         if self.adapters:
             for slot in _PROJECTION_SLOTS[name]:
                 a = self.adapters[slot] if slot in self.adapters else None
@@ -158,6 +164,7 @@ class ZeroI2V(nn.Module):
             adapters = build_adapters(self.adapter_spec, self.family.projection_dims(blk),
                                       clip={"num_frames": cfg.num_frames, "grid": lambda: self.family.grid(visual)})
             blocks[i] = video_block(blk, self.family, temporal, adapters)
+            blocks[i].fuse_adapters = bool(cfg.fused_adapters)
         width = self.family.width(visual)
         self.temporal_embedding = nn.Parameter(torch.zeros(cfg.num_frames, self.family.embed_width(visual))) \
             if cfg.temporal_embedding else None

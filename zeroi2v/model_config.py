@@ -57,6 +57,12 @@ class ModelConfig:
     needs a temporal operator with per-head offsets, i.e. STDHA; see ``zeroi2v.tuning``)."""
     grad_checkpointing: bool = False
     """Recompute block activations in backward (less memory, ~30% slower steps)."""
+    fused_adapters: bool = False
+    """Train each linear adapter fused into its frozen neighbouring projection: one matrix product with the
+    merged weight (Sec. 3.3, Eq. 11) and a backward that computes only the input and adapter gradients
+    (``zeroi2v.fused``; the same loss and gradients as the plain form). Applies where the adapter's dropout
+    is 0 and the projection is frozen; elsewhere the plain form runs. Off by default: see the README's
+    training-cost table for when it pays."""
     mean: tuple = CLIP_MEAN
     """Pixel mean (0-255, RGB) the backbone was trained with."""
     std: tuple = CLIP_STD
