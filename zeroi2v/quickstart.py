@@ -13,6 +13,7 @@ Stages 1 and 2 are cached in the output folder: a second run starts at stage 3.
 """
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import os
@@ -104,32 +105,37 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     torch.set_num_threads(s.threads)
     start, timings = time.perf_counter(), {}
 
-    image_dir = out / "image_model"
-    with _stage(timings, "image model", log):
-        ensure_image_model(s, out, image_dir, seed, log)
+    image_dir, video_dir = out / "image_model", out / "videos"
     backbone = f"local-dir:{image_dir}"
-    video_dir = out / "videos"
-    with _stage(timings, "synthetic videos", log):
-        ensure_videos(s, video_dir, seed, log)
-    classes = (video_dir / "classes.txt").read_text().split()
-    kinds = json.loads((video_dir / "kinds.json").read_text())
-
-    # 3. three runs from the same frozen image model
-    adapters = {"zeroi2v": dict(temporal={"kind": "stdha", "offsets": s.offsets}),
-                "no_stdha": dict(temporal={"kind": "stdha", "offsets": None})}
-    configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
-               for name, o in adapters.items()}
-    configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
-                                          epochs=s.probe_epochs, temporal={"kind": "stdha", "offsets": None},
-                                          adapter=None, finetune="linear_probe")
-    with _stage(timings, "decode videos", log):
-        train_set, test_set = _datasets(video_dir, configs["zeroi2v"], s, seed)
+    # stage 1 trains in a forked process (one core) while stage 2 and the decoding use the other
+    pretraining = _start_image_model(s, out, image_dir, seed, log)
+    try:
+        with _stage(timings, "synthetic videos", log):
+            ensure_videos(s, video_dir, seed, log, workers=1 if pretraining else 2)
+        classes = (video_dir / "classes.txt").read_text().split()
+        kinds = json.loads((video_dir / "kinds.json").read_text())
+        # 3. three runs from the same frozen image model
+        adapters = {"zeroi2v": dict(temporal={"kind": "stdha", "offsets": s.offsets}),
+                    "no_stdha": dict(temporal={"kind": "stdha", "offsets": None})}
+        configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
+                   for name, o in adapters.items()}
+        configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
+                                              epochs=s.probe_epochs, temporal={"kind": "stdha", "offsets": None},
+                                              adapter=None, finetune="linear_probe")
+        with _stage(timings, "decode videos", log):
+            train_set, test_set = _datasets(video_dir, configs["zeroi2v"], s, seed)
+    except BaseException:
+        if pretraining is not None:
+            pretraining.terminate()
+        raise
+    with _stage(timings, "image model", log):
+        _finish_image_model(pretraining, s, out, image_dir, seed, log)
     with _stage(timings, "train zeroi2v + no_stdha", log):
         trained = _train_runs({k: configs[k] for k in adapters}, train_set, test_set, s.parallel)
     with _stage(timings, "train linear_probe", log):
-        trained.update(_train_runs({"linear_probe": configs["linear_probe"]}, train_set, test_set, False))
+        results = {"linear_probe": _linear_probe(configs["linear_probe"], train_set, test_set, s)}
     models = {name: model for name, (model, _) in trained.items()}
-    results = {name: result for name, (_, result) in trained.items()}
+    results.update({name: result for name, (_, result) in trained.items()})
     for name, result in results.items():
         log(f"[quickstart]   {name}: test top-1 {result['top1']:.3f}")
 
@@ -178,8 +184,37 @@ def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: 
     key_file.write_text(json.dumps(summary, indent=2))
 
 
-def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None]) -> None:
-    """Stage 2: the synthetic temporal video set (cached by its settings)."""
+def _start_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]):
+    """Stage 1 in a forked process, one thread (the pre-training is the same as in this process); None when
+    the image model is cached or the platform cannot fork (then ``_finish_image_model`` trains it here)."""
+    key_file = image_dir / "pretrain.json"
+    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
+        return None
+    if not (s.parallel and hasattr(os, "fork")):
+        return None
+    proc = multiprocessing.get_context("fork").Process(target=_image_model_child, args=(s, out, image_dir, seed, log),
+                                                       name="pretrain-image-model")
+    proc.start()
+    return proc
+
+
+def _image_model_child(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
+    torch.set_num_threads(s.threads)
+    ensure_image_model(s, out, image_dir, seed, log)
+
+
+def _finish_image_model(proc, s: QuickstartSettings, out: Path, image_dir: Path, seed: int,
+                        log: Callable[[str], None]) -> None:
+    """Wait for the forked stage 1 (or run it here: ``ensure_image_model``, cached or not)."""
+    if proc is not None:
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"image model pre-training failed (exit code {proc.exitcode}); its folder is {image_dir}")
+    ensure_image_model(s, out, image_dir, seed, log)
+
+
+def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None], workers: int = 1) -> None:
+    """Stage 2: the synthetic temporal video set (cached by its settings), in ``workers`` processes."""
     key = {"seed": seed, "classes": list(s.classes), "per_class": list(s.videos_per_class),
            "frames": s.video_frames, "size": s.size}
     done = video_dir / "summary.json"
@@ -187,7 +222,8 @@ def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callab
         log(f"[quickstart]   cached: {video_dir}")
         return
     summary = make_synthetic_videos(video_dir, seed=seed, classes=list(s.classes), num_frames=s.video_frames,
-                                    size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)))
+                                    size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)),
+                                    workers=workers)
     done.write_text(json.dumps({**summary, "key": key}, indent=1))
 
 
@@ -236,6 +272,18 @@ def _datasets(video_dir: Path, cfg: Config, s: QuickstartSettings, seed: int):
         for i in range(len(ds)):
             ds[i]
     return train, test
+
+
+def _linear_probe(cfg: Config, train_set: VideoDataset, test_set: VideoDataset, s: QuickstartSettings) -> dict:
+    """The linear probe on features computed once (``zeroi2v.probe``): every training clip as its test view
+    (the decoded frames of ``train_set``, shared), the test views of ``test_set``; its test summary."""
+    from zeroi2v.data.build import test_transform
+    from zeroi2v.probe import train_feature_probe
+    train_views = copy.copy(train_set)  # shares the decoded-video cache
+    train_views.train, train_views.transform = False, test_transform(cfg, s.size)
+    train_views.sampler = make_sampler("uniform", s.num_frames)
+    train_feature_probe(cfg, train_views, test_set, batch_size=cfg.test.batch_size)
+    return json.loads((Path(cfg.train.out_dir) / "results" / "test.json").read_text())
 
 
 def _data_config(s: QuickstartSettings, classes: list[str]) -> DataConfig:
