@@ -23,15 +23,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from zeroi2v.config import Config, DataConfig, OptimConfig, TestConfig, TrainConfig
 from zeroi2v.data.dataset import VideoDataset
 from zeroi2v.data.formats import read_annotation
 from zeroi2v.data.views import make_sampler
-from zeroi2v.data.synthetic import flip_label_map, make_synthetic_images, make_synthetic_videos
+from zeroi2v.data.synthetic import flip_label_map
 from zeroi2v.model import ModelConfig
+from zeroi2v.quickstart_data import ensure_image_model, ensure_videos, finish_image_model, start_image_model
+
+__all__ = ["QuickstartSettings", "run_quickstart", "ensure_image_model", "ensure_videos", "format_report"]
 
 
 @dataclass
@@ -108,7 +110,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     image_dir, video_dir = out / "image_model", out / "videos"
     backbone = f"local-dir:{image_dir}"
     # stage 1 trains in a forked process (one core) while stage 2 and the decoding use the other
-    pretraining = _start_image_model(s, out, image_dir, seed, log)
+    pretraining = start_image_model(s, out, image_dir, seed, log)
     try:
         with _stage(timings, "synthetic videos", log):
             ensure_videos(s, video_dir, seed, log, workers=1 if pretraining else 2)
@@ -129,7 +131,7 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
             pretraining.terminate()
         raise
     with _stage(timings, "image model", log):
-        _finish_image_model(pretraining, s, out, image_dir, seed, log)
+        finish_image_model(pretraining, s, out, image_dir, seed, log)
     with _stage(timings, "train zeroi2v + no_stdha", log):
         trained = _train_runs({k: configs[k] for k in adapters}, train_set, test_set, s.parallel)
     with _stage(timings, "train linear_probe", log):
@@ -169,64 +171,6 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     return report
 
 
-def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
-    """Stage 1: the small image model, pre-trained on synthetic stills (cached by its settings)."""
-    key_file = image_dir / "pretrain.json"
-    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
-        log(f"[quickstart]   cached: {image_dir}")
-        return
-    from zeroi2v.pretrain import pretrain_image_model
-    stills = make_synthetic_images(out / "stills", seed=seed, n=s.images, size=s.size)
-    data = np.load(stills["path"])
-    summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, image_dir,
-                                   backbone=s.backbone, epochs=s.pretrain_epochs, seed=seed, log=log)
-    summary["settings"] = _image_key(s, seed)
-    key_file.write_text(json.dumps(summary, indent=2))
-
-
-def _start_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]):
-    """Stage 1 in a forked process, one thread (the pre-training is the same as in this process); None when
-    the image model is cached or the platform cannot fork (then ``_finish_image_model`` trains it here)."""
-    key_file = image_dir / "pretrain.json"
-    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
-        return None
-    if not (s.parallel and hasattr(os, "fork")):
-        return None
-    proc = multiprocessing.get_context("fork").Process(target=_image_model_child, args=(s, out, image_dir, seed, log),
-                                                       name="pretrain-image-model")
-    proc.start()
-    return proc
-
-
-def _image_model_child(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
-    torch.set_num_threads(s.threads)
-    ensure_image_model(s, out, image_dir, seed, log)
-
-
-def _finish_image_model(proc, s: QuickstartSettings, out: Path, image_dir: Path, seed: int,
-                        log: Callable[[str], None]) -> None:
-    """Wait for the forked stage 1 (or run it here: ``ensure_image_model``, cached or not)."""
-    if proc is not None:
-        proc.join()
-        if proc.exitcode != 0:
-            raise RuntimeError(f"image model pre-training failed (exit code {proc.exitcode}); its folder is {image_dir}")
-    ensure_image_model(s, out, image_dir, seed, log)
-
-
-def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None], workers: int = 1) -> None:
-    """Stage 2: the synthetic temporal video set (cached by its settings), in ``workers`` processes."""
-    key = {"seed": seed, "classes": list(s.classes), "per_class": list(s.videos_per_class),
-           "frames": s.video_frames, "size": s.size}
-    done = video_dir / "summary.json"
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        log(f"[quickstart]   cached: {video_dir}")
-        return
-    summary = make_synthetic_videos(video_dir, seed=seed, classes=list(s.classes), num_frames=s.video_frames,
-                                    size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)),
-                                    workers=workers)
-    done.write_text(json.dumps({**summary, "key": key}, indent=1))
-
-
 def _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff, explain, image_dir,
             out, seed, fast, timings, start) -> dict[str, Any]:
     """The report: top-1 per run and per kind of class, merge exactness, params, GFLOPs, latency, CAMs."""
@@ -251,10 +195,6 @@ def _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff,
         "outputs": {"merged": str(out / "merged"), "examples": str(out / "examples"), "runs": str(out / "runs")},
     }
     return report
-
-
-def _image_key(s: QuickstartSettings, seed: int) -> dict:
-    return {"backbone": s.backbone, "images": s.images, "epochs": s.pretrain_epochs, "size": s.size, "seed": seed}
 
 
 def _datasets(video_dir: Path, cfg: Config, s: QuickstartSettings, seed: int):
