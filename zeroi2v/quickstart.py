@@ -9,7 +9,9 @@
    the plain image model against the merged one in one process; Grad-CAM localisation (mass inside
    the moving object's box, spatial and temporal heads, against chance).
 5. Write ``report.json`` (and print it as a table), ``merged/`` for the demo and ``examples/``.
-Stages 1 and 2 are cached in the output folder: a second run starts at stage 3.
+Stages 1 and 2 are cached in the output folder: a second run starts at stage 3. On 2 cores stage 1 trains in
+a forked process while stage 2 and the decoding run here (``zeroi2v.quickstart_data``); the two adapter runs
+train in two forked processes; the linear probe reads features computed once (``zeroi2v.probe``).
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ class QuickstartSettings:
     epochs: int = 7
     """0.93-0.94 after 6 epochs and 0.96 after 8 in one-process trials; 7 keeps a margin over 0.90."""
     probe_epochs: int = 3
+    """Epochs of the linear probe, on the frozen model's features computed once (``zeroi2v.probe``): no flips."""
     batch_size: int = 16
     """Clips per optimiser step: at a fixed compute budget, more (smaller) steps learnt more (measured)."""
     lr: float = 2e-3
