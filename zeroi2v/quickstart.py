@@ -9,10 +9,13 @@
    the plain image model against the merged one in one process; Grad-CAM localisation (mass inside
    the moving object's box, spatial and temporal heads, against chance).
 5. Write ``report.json`` (and print it as a table), ``merged/`` for the demo and ``examples/``.
-Stages 1 and 2 are cached in the output folder: a second run starts at stage 3.
+Stages 1 and 2 are cached in the output folder: a second run starts at stage 3. On 2 cores stage 1 trains in
+a forked process while stage 2 and the decoding run here (``zeroi2v.quickstart_data``); the two adapter runs
+train in two forked processes; the linear probe reads features computed once (``zeroi2v.probe``).
 """
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import os
@@ -22,15 +25,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from zeroi2v.config import Config, DataConfig, OptimConfig, TestConfig, TrainConfig
 from zeroi2v.data.dataset import VideoDataset
 from zeroi2v.data.formats import read_annotation
 from zeroi2v.data.views import make_sampler
-from zeroi2v.data.synthetic import flip_label_map, make_synthetic_images, make_synthetic_videos
+from zeroi2v.data.synthetic import flip_label_map
 from zeroi2v.model import ModelConfig
+from zeroi2v.quickstart_data import ensure_image_model, ensure_videos, finish_image_model, start_image_model
+
+__all__ = ["QuickstartSettings", "run_quickstart", "ensure_image_model", "ensure_videos", "format_report"]
 
 
 @dataclass
@@ -63,6 +68,7 @@ class QuickstartSettings:
     epochs: int = 7
     """0.93-0.94 after 6 epochs and 0.96 after 8 in one-process trials; 7 keeps a margin over 0.90."""
     probe_epochs: int = 3
+    """Epochs of the linear probe, on the frozen model's features computed once (``zeroi2v.probe``): no flips."""
     batch_size: int = 16
     """Clips per optimiser step: at a fixed compute budget, more (smaller) steps learnt more (measured)."""
     lr: float = 2e-3
@@ -104,32 +110,37 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     torch.set_num_threads(s.threads)
     start, timings = time.perf_counter(), {}
 
-    image_dir = out / "image_model"
-    with _stage(timings, "image model", log):
-        ensure_image_model(s, out, image_dir, seed, log)
+    image_dir, video_dir = out / "image_model", out / "videos"
     backbone = f"local-dir:{image_dir}"
-    video_dir = out / "videos"
-    with _stage(timings, "synthetic videos", log):
-        ensure_videos(s, video_dir, seed, log)
-    classes = (video_dir / "classes.txt").read_text().split()
-    kinds = json.loads((video_dir / "kinds.json").read_text())
-
-    # 3. three runs from the same frozen image model
-    adapters = {"zeroi2v": dict(temporal={"kind": "stdha", "offsets": s.offsets}),
-                "no_stdha": dict(temporal={"kind": "stdha", "offsets": None})}
-    configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
-               for name, o in adapters.items()}
-    configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
-                                          epochs=s.probe_epochs, temporal={"kind": "stdha", "offsets": None},
-                                          adapter=None, finetune="linear_probe")
-    with _stage(timings, "decode videos", log):
-        train_set, test_set = _datasets(video_dir, configs["zeroi2v"], s, seed)
+    # stage 1 trains in a forked process (one core) while stage 2 and the decoding use the other
+    pretraining = start_image_model(s, out, image_dir, seed, log)
+    try:
+        with _stage(timings, "synthetic videos", log):
+            ensure_videos(s, video_dir, seed, log, workers=1 if pretraining else 2)
+        classes = (video_dir / "classes.txt").read_text().split()
+        kinds = json.loads((video_dir / "kinds.json").read_text())
+        # 3. three runs from the same frozen image model
+        adapters = {"zeroi2v": dict(temporal={"kind": "stdha", "offsets": s.offsets}),
+                    "no_stdha": dict(temporal={"kind": "stdha", "offsets": None})}
+        configs = {name: _run_config(s, backbone, classes, out / "runs" / name, seed, epochs=s.epochs, **o)
+                   for name, o in adapters.items()}
+        configs["linear_probe"] = _run_config(s, backbone, classes, out / "runs" / "linear_probe", seed,
+                                              epochs=s.probe_epochs, temporal={"kind": "stdha", "offsets": None},
+                                              adapter=None, finetune="linear_probe")
+        with _stage(timings, "decode videos", log):
+            train_set, test_set = _datasets(video_dir, configs["zeroi2v"], s, seed)
+    except BaseException:
+        if pretraining is not None:
+            pretraining.terminate()
+        raise
+    with _stage(timings, "image model", log):
+        finish_image_model(pretraining, s, out, image_dir, seed, log)
     with _stage(timings, "train zeroi2v + no_stdha", log):
         trained = _train_runs({k: configs[k] for k in adapters}, train_set, test_set, s.parallel)
     with _stage(timings, "train linear_probe", log):
-        trained.update(_train_runs({"linear_probe": configs["linear_probe"]}, train_set, test_set, False))
+        results = {"linear_probe": _linear_probe(configs["linear_probe"], train_set, test_set, s)}
     models = {name: model for name, (model, _) in trained.items()}
-    results = {name: result for name, (_, result) in trained.items()}
+    results.update({name: result for name, (_, result) in trained.items()})
     for name, result in results.items():
         log(f"[quickstart]   {name}: test top-1 {result['top1']:.3f}")
 
@@ -163,34 +174,6 @@ def run_quickstart(out_dir: str | Path = "runs/quickstart", seed: int = 0, fast:
     return report
 
 
-def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
-    """Stage 1: the small image model, pre-trained on synthetic stills (cached by its settings)."""
-    key_file = image_dir / "pretrain.json"
-    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
-        log(f"[quickstart]   cached: {image_dir}")
-        return
-    from zeroi2v.pretrain import pretrain_image_model
-    stills = make_synthetic_images(out / "stills", seed=seed, n=s.images, size=s.size)
-    data = np.load(stills["path"])
-    summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, image_dir,
-                                   backbone=s.backbone, epochs=s.pretrain_epochs, seed=seed, log=log)
-    summary["settings"] = _image_key(s, seed)
-    key_file.write_text(json.dumps(summary, indent=2))
-
-
-def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callable[[str], None]) -> None:
-    """Stage 2: the synthetic temporal video set (cached by its settings)."""
-    key = {"seed": seed, "classes": list(s.classes), "per_class": list(s.videos_per_class),
-           "frames": s.video_frames, "size": s.size}
-    done = video_dir / "summary.json"
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        log(f"[quickstart]   cached: {video_dir}")
-        return
-    summary = make_synthetic_videos(video_dir, seed=seed, classes=list(s.classes), num_frames=s.video_frames,
-                                    size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)))
-    done.write_text(json.dumps({**summary, "key": key}, indent=1))
-
-
 def _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff, explain, image_dir,
             out, seed, fast, timings, start) -> dict[str, Any]:
     """The report: top-1 per run and per kind of class, merge exactness, params, GFLOPs, latency, CAMs."""
@@ -217,10 +200,6 @@ def _report(s, results, merged_result, classes, kinds, max_diff, agreement, eff,
     return report
 
 
-def _image_key(s: QuickstartSettings, seed: int) -> dict:
-    return {"backbone": s.backbone, "images": s.images, "epochs": s.pretrain_epochs, "size": s.size, "seed": seed}
-
-
 def _datasets(video_dir: Path, cfg: Config, s: QuickstartSettings, seed: int):
     """The real pipeline (decord decoding, TSN sampling, transforms.v2), decoded once and cached, with the
     augmentation and test views of ``cfg`` (``_data_config``) through the transform factories every run uses."""
@@ -236,6 +215,18 @@ def _datasets(video_dir: Path, cfg: Config, s: QuickstartSettings, seed: int):
         for i in range(len(ds)):
             ds[i]
     return train, test
+
+
+def _linear_probe(cfg: Config, train_set: VideoDataset, test_set: VideoDataset, s: QuickstartSettings) -> dict:
+    """The linear probe on features computed once (``zeroi2v.probe``): every training clip as its test view
+    (the decoded frames of ``train_set``, shared), the test views of ``test_set``; its test summary."""
+    from zeroi2v.data.build import test_transform
+    from zeroi2v.probe import train_feature_probe
+    train_views = copy.copy(train_set)  # shares the decoded-video cache
+    train_views.train, train_views.transform = False, test_transform(cfg, s.size)
+    train_views.sampler = make_sampler("uniform", s.num_frames)
+    train_feature_probe(cfg, train_views, test_set, batch_size=cfg.test.batch_size)
+    return json.loads((Path(cfg.train.out_dir) / "results" / "test.json").read_text())
 
 
 def _data_config(s: QuickstartSettings, classes: list[str]) -> DataConfig:

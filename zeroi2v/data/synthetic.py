@@ -385,7 +385,7 @@ def video_rng(seed: int, *keys) -> np.random.Generator:
 
 def make_synthetic_videos(out_dir, seed: int = 0, classes: list[str] | None = None,
                           videos_per_class: dict[str, int] | None = None, num_frames: int = 16,
-                          size: int = 32, fps: float = 8, crf: int = 0, noise: float = 3.0) -> dict:
+                          size: int = 32, fps: float = 8, crf: int = 0, noise: float = 3.0, workers: int = 1) -> dict:
     """Write the synthetic set as H.264 MP4s under out_dir/<split>/<class>/<class>_<i>.mp4.
 
     Also writes <split>.txt (mmaction lists `path label`, paths relative to out_dir), classes.txt, kinds.json
@@ -394,7 +394,9 @@ def make_synthetic_videos(out_dir, seed: int = 0, classes: list[str] | None = No
     classes: names from REGISTRY (default DEFAULT_CLASSES); videos_per_class: {split: count}, default
     {"train": 80, "val": 20, "test": 30}; size must be even (H.264 4:2:0); crf: encoder quality, 0 (lossless
     H.264, still yuv420p) by default because lossy x264 output varies between runs at this size: with crf=0 the
-    same seed decodes to the same frames every time. noise: pixel noise sigma (0–255).
+    same seed decodes to the same frames every time. noise: pixel noise sigma (0–255). workers: processes
+    that render and encode (forked where the platform can); every video has its own generator (``video_rng``),
+    so the files and lists are the same for any number.
     """
     start = time.perf_counter()
     classes = list(DEFAULT_CLASSES if classes is None else classes)
@@ -408,24 +410,36 @@ def make_synthetic_videos(out_dir, seed: int = 0, classes: list[str] | None = No
     kinds = {c: REGISTRY[c].kind for c in classes}
     (out / "kinds.json").write_text(json.dumps(kinds, indent=1) + "\n")
     for split, count in counts.items():
-        lines, meta = [], []
-        for label, name in enumerate(classes):
-            for i in range(count):
-                path = f"{split}/{name}/{name}_{i:04d}.mp4"
-                frames, boxes, track = make_clip(name, video_rng(seed, split, name, i), num_frames, size, noise)
-                write_video(out / path, frames, fps=fps, crf=crf, preset="veryfast")
-                lines.append(f"{path} {label}\n")
-                meta.append({"path": path, "class": name, "label": label, "kind": kinds[name],
-                             "shape": str(track.shape[0]),
-                             "colours": [COLOUR_NAMES[c] for c in track.colour],
-                             "centres": np.round(np.stack([track.x % size, track.y % size], 1), 2).tolist(),
-                             "radius": np.round(track.radius, 2).tolist(),
-                             "angle": np.round(track.angle, 1).tolist(),
-                             "boxes": np.round(boxes, 2).tolist(), "params": track.params})
-        (out / f"{split}.txt").write_text("".join(lines))
+        jobs = [(out, seed, split, label, name, kinds[name], i, num_frames, size, noise, fps, crf)
+                for label, name in enumerate(classes) for i in range(count)]
+        meta = _map(_write_synthetic_video, jobs, workers)
+        (out / f"{split}.txt").write_text("".join(f"{m['path']} {m['label']}\n" for m in meta))
         (out / f"{split}_meta.json").write_text(json.dumps(meta))
     return {"root": str(out), "classes": classes, "kinds": kinds, "videos": counts, "num_frames": num_frames,
             "size": size, "fps": fps, "seed": seed, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _write_synthetic_video(job: tuple) -> dict:
+    """Render and write one video of ``make_synthetic_videos``; returns its meta entry."""
+    out, seed, split, label, name, kind, i, num_frames, size, noise, fps, crf = job
+    path = f"{split}/{name}/{name}_{i:04d}.mp4"
+    frames, boxes, track = make_clip(name, video_rng(seed, split, name, i), num_frames, size, noise)
+    write_video(out / path, frames, fps=fps, crf=crf, preset="veryfast")
+    return {"path": path, "class": name, "label": label, "kind": kind, "shape": str(track.shape[0]),
+            "colours": [COLOUR_NAMES[c] for c in track.colour],
+            "centres": np.round(np.stack([track.x % size, track.y % size], 1), 2).tolist(),
+            "radius": np.round(track.radius, 2).tolist(), "angle": np.round(track.angle, 1).tolist(),
+            "boxes": np.round(boxes, 2).tolist(), "params": track.params}
+
+
+def _map(fn: Callable, jobs: list, workers: int) -> list:
+    """``[fn(j) for j in jobs]``, in order, over ``workers`` forked processes when more than one (and fork exists)."""
+    import multiprocessing
+    import os
+    if workers <= 1 or len(jobs) < 2 or not hasattr(os, "fork"):
+        return [fn(j) for j in jobs]
+    with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        return pool.map(fn, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
 
 
 IMAGE_HEADS = {  # label name -> class names; orientation is within the shape's symmetry period

@@ -70,28 +70,49 @@ def frame_features(cfg: Config, list_file: str | Path, video_root: str | Path, c
     return feats, labels
 
 
-@torch.no_grad()
 def _compute(cfg: Config, list_file: str | Path, video_root: str | Path, classes: list[str],
              device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     from zeroi2v.data.build import test_transform
     from zeroi2v.data.dataset import VideoDataset
     from zeroi2v.data.formats import read_annotation
     from zeroi2v.data.views import make_sampler
-    from zeroi2v.model import create_model
-    model = create_model(cfg.model, adapter=None, temporal={"kind": "stdha", "offsets": None},
-                         temporal_embedding=False, finetune="linear_probe", num_classes=len(classes)).to(device).eval()
+    model = probe_model(cfg, len(classes)).to(device)
     one_view = Config(model=cfg.model, data=cfg.data, optim=cfg.optim, train=cfg.train,
                       test=type(cfg.test)(**{**cfg.test.__dict__, "clips": 1, "crops": 1}))
     data = VideoDataset(read_annotation("mmaction", list_file, classes=classes), video_root,
                         sampler=make_sampler(cfg.data.sampler, cfg.num_frames, cfg.data.interval, 1),
                         transform=test_transform(one_view, cfg.data.size or model.image_size), train=False,
                         seed=cfg.train.seed, on_missing=cfg.data.on_missing)
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.test.batch_size, num_workers=cfg.data.workers)
+    return features_of(model, data, cfg.test.batch_size, device, cfg.data.workers)
+
+
+def probe_model(cfg: Config, num_classes: int):
+    """The model whose features a probe reads: ``cfg.model``'s backbone with no adapters, no temporal operator
+    and no temporal embedding, only the head trainable (``finetune='linear_probe'``)."""
+    from zeroi2v.model import create_model
+    return create_model(cfg.model, adapter=None, temporal={"kind": "stdha", "offsets": None},
+                        temporal_embedding=False, finetune="linear_probe", num_classes=num_classes)
+
+
+@torch.no_grad()
+def features_of(model, data, batch_size: int, device: str | torch.device = "cpu", workers: int = 0,
+                keep_views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, width), labels (N,)) of a data set of clips (items (V, C, T, H, W) or (C, T, H, W)):
+    ``model.forward_features`` averaged over the frames (what its head reads), then over the views, or
+    (N, V, width) with ``keep_views``; in item order."""
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)
     feats, labels = [], []
-    for batch in loader:
-        video = batch["video"]  # (B, V=1, C, T, H, W)
-        b, v = video.shape[:2]
-        f = model.forward_features(video.flatten(0, 1).to(device)).mean(dim=1)  # (B*V, width): frame average
-        feats.append(f.view(b, v, -1).mean(dim=1).float().cpu())
-        labels.append(batch["label"])
+    try:
+        for batch in loader:
+            video = batch["video"]
+            video = video[:, None] if video.ndim == 5 else video  # (B, V, C, T, H, W)
+            b, v = video.shape[:2]
+            f = model.forward_features(video.flatten(0, 1).to(device)).mean(dim=1)  # (B*V, width): frame average
+            f = f.view(b, v, -1).float().cpu()
+            feats.append(f if keep_views else f.mean(dim=1))
+            labels.append(batch["label"])
+    finally:
+        model.train(was_training)
     return torch.cat(feats), torch.cat(labels).long()
