@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from zeroi2v.model import create_model
-from zeroi2v.stdha import (PRESETS, STDHA, format_offsets, head_runs, parse_offsets, shift_heads, shift_packed_,
+from zeroi2v.stdha import (PRESETS, STDHA, format_offsets, parse_offsets, shift_heads, shift_packed_,
                            stdha_attention)
 from adapter_helpers import random_adapters
 
@@ -55,12 +55,6 @@ def test_shift_reads_the_right_frame():
     assert out.tolist() == [[3, 0, 1], [4, 1, 2], [0, 2, 3], [0, 3, 4]]
 
 
-def test_head_runs_group_neighbouring_heads_with_one_offset():
-    assert head_runs((1, 1, -1, -1, 0, 0)) == ((0, 2, 1), (2, 4, -1))
-    assert head_runs((1, -1, 1, 0, 2, 2)) == ((0, 1, 1), (1, 2, -1), (2, 3, 1), (4, 6, 2))
-    assert head_runs((0, 0)) == ()
-
-
 @pytest.mark.parametrize("boundary", ["self", "zero"])
 def test_in_place_shift_equals_the_gather(boundary):
     """``STDHA.qkv_`` on the packed projection output == ``STDHA.qkv`` (the gather) on its Q/K/V views."""
@@ -72,12 +66,10 @@ def test_in_place_shift_equals_the_gather(boundary):
         packed = torch.randn(2 * frames, 10, 3, heads, 5)
         q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
         want = op.qkv(q, k, v)
-        for one_gather in (False, True):  # per run of heads (CPU's way) and one gather (CUDA's way)
-            shifted = packed.clone()
-            shift_packed_(shifted, offsets, frames, boundary, one_gather=one_gather)
-            got = shifted.permute(2, 0, 3, 1, 4).unbind(0)
-            for g, w in zip(got, want):
-                assert torch.equal(g, w), (offsets, boundary, one_gather)
+        shifted = packed.clone()
+        shift_packed_(shifted, offsets, frames, boundary)
+        for g, w in zip(shifted.permute(2, 0, 3, 1, 4).unbind(0), want):
+            assert torch.equal(g, w), (offsets, boundary)
         op.qkv_(packed)  # the module's own call, with its buffered tables
         assert all(torch.equal(g, w) for g, w in zip(packed.permute(2, 0, 3, 1, 4).unbind(0), want))
 
@@ -206,3 +198,16 @@ def test_head_counts_per_layer_and_offsets_per_stage():
         resolve_temporal({"offsets": ["1x1", "1x9", None]}, num_heads=heads, num_layers=5, num_frames=4, stages=stages)
     with pytest.raises(ValueError, match=r"offsets: give one Δt multiset per layer \(12\), got 2"):
         resolve_temporal({"offsets": ["1x1", "1x1"]}, num_heads=12, num_layers=12, num_frames=4)
+
+
+def test_compiled_merged_model_equals_eager():
+    """torch.compile traces the in-place re-indexing (its row tables are made outside the graph) to the same
+    logits as eager, and a second call (tables cached) as well."""
+    from zeroi2v.merge import merge_adapters
+    merged = merge_adapters(_stdha_model()).eval()
+    clip = torch.randn(2, 3, 4, merged.image_size, merged.image_size)
+    with torch.no_grad():
+        want = merged(clip)
+        compiled = torch.compile(merged)
+        for _ in range(2):
+            torch.testing.assert_close(compiled(clip), want, rtol=1e-5, atol=1e-5)

@@ -108,9 +108,9 @@ def latency_samples(models: dict[str, Callable], video: torch.Tensor, repeats: i
 
 
 def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views: int = 1,
-                     repeats: int = 10, latency: bool = True, compile: bool = False) -> dict:
+                     repeats: int = 10, latency: bool = True, compile: str | None = None) -> dict:
     """Params, GFLOPs (× views) and latency of plain ViT, unmerged and merged ZeroI2V on one input.
-    ``compile``: time each model through ``torch.compile`` (the counts stay those of the eager model)."""
+    ``compile``: a ``torch.compile`` mode to time each model through (the counts stay the eager model's)."""
     plain = PlainViT(merged).to(video.device, video.dtype)
     model, merged = model.eval(), merged.eval()
     report = {
@@ -123,7 +123,7 @@ def zero_cost_report(model: ZeroI2V, merged: ZeroI2V, video: torch.Tensor, views
     if latency:
         timed = {"plain": plain, "unmerged": model, "merged": merged}
         if compile:
-            timed = {k: torch.compile(m) for k, m in timed.items()}
+            timed = {k: torch.compile(m, mode=compile) for k, m in timed.items()}
         lat = measure_latency(timed, video, repeats=repeats, warmup=3 if compile else 2)
         report["latency_ms"] = {k: v * 1e3 for k, v in lat.items()}
         report["latency_ratio"] = {k: v / lat["plain"] for k, v in lat.items()}
@@ -152,8 +152,9 @@ def add_benchmark_arguments(ap) -> None:
     ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                     help="auto: bf16 on CUDA, fp32 on CPU. bf16 runs under torch.autocast")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--compile", action="store_true",
-                    help="time every model through torch.compile (warm-up rounds include compiling)")
+    ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                    help="time every model through torch.compile, in MODE (default; reduce-overhead: CUDA graphs; "
+                         "max-autotune); warm-up rounds include compiling")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
     ap.add_argument("--check", action="store_true", help=f"exit 1 when merged / plain > {TOLERANCE}")
@@ -193,7 +194,7 @@ def build_randomized(backbone: str, frames: int, offsets: str, placement: str, s
 
 def zero_cost_benchmark(backbone: str = "ViT-B-16", frames: int = 8, batch: int = 1, views: int = 3,
                         repeats: int = 5, offsets: str = "auto", placement: str = "4", device: str = "cpu",
-                        dtype: str = "auto", threads: int | None = None, seed: int = 0, compile: bool = False) -> dict:
+                        dtype: str = "auto", threads: int | None = None, seed: int = 0, compile: str | None = None) -> dict:
     """Plain ViT vs unmerged vs merged ZeroI2V on one input, in one process (see ``zero_cost_report``)."""
     import platform
     from zeroi2v.merge import merge_adapters
@@ -238,7 +239,7 @@ def format_zero_cost(r: dict) -> str:
     s = r["setup"]
     where = f"{s['device']} ({s['gpu']})" if s["gpu"] else f"{s['device']}, {s['threads']} threads"
     lines = [f"ZeroI2V zero-cost benchmark: {s['backbone']}, {s['frames']} frames x {s['image_size']} px, batch {s['batch']}, "
-             f"{s['dtype']}{', torch.compile' if s.get('compile') else ''}, {where}",
+             f"{s['dtype']}{', torch.compile ' + s['compile'] if s.get('compile') else ''}, {where}",
              f"Δt = {{{s['offsets']}}} {'in every layer' if ' / ' not in s['offsets'] else '(stage by stage)'}, "
              f"adapters: placement {s['placement']}; "
              f"latency = median of {s['repeats']} interleaved runs",

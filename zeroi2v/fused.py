@@ -57,7 +57,7 @@ class FusedBefore(torch.autograd.Function):
                 b_eff = b_eff + b_p
         ctx.save_for_backward(x, w_p, w_d, b_d, w_u)
         ctx.scale = scale
-        return F.linear(x, w_eff, b_eff)
+        return torch.addmm(b_eff, _flat(x), w_eff.t())  # 2-D: views of it are made outside the Function
 
     @staticmethod
     def backward(ctx, grad):
@@ -85,7 +85,7 @@ class FusedAfter(torch.autograd.Function):
             w_eff, b_eff, _, _ = FusedAfter._effective(w_p, b_p, w_d, b_d, w_u, b_u, scale)
         ctx.save_for_backward(x, w_p, b_p, w_d, b_d, w_u, b_u)
         ctx.scale = scale
-        return F.linear(x, w_eff, b_eff)
+        return torch.addmm(b_eff, _flat(x), w_eff.t())  # 2-D: views of it are made outside the Function
 
     @staticmethod
     def backward(ctx, grad):
@@ -128,5 +128,6 @@ def fused_linear(block, slots, x: torch.Tensor, weight: torch.Tensor,
         a = fusable(block, slot)
         if a is not None:
             fn = FusedBefore if SLOTS[slot].side == "before" else FusedAfter
-            return fn.apply(x, weight, bias, a.down.weight, a.down.bias, a.up.weight, a.up.bias, a.scale)
+            y = fn.apply(x, weight, bias, a.down.weight, a.down.bias, a.up.weight, a.up.bias, a.scale)
+            return y.view(*x.shape[:-1], y.shape[-1])  # a view made here may be modified in place (STDHA)
     return None

@@ -10,7 +10,6 @@ first heads (contiguous channel blocks), as in the authors' code.
 """
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any, Mapping, Sequence, Union
 
@@ -162,65 +161,49 @@ def shift_heads(x: torch.Tensor, offsets: Sequence[int], num_frames: int, bounda
     return out.reshape(bt, h, n, d)
 
 
-@functools.lru_cache(maxsize=None)
-def head_runs(offsets: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
-    """Runs of neighbouring heads with one nonzero Δt: ``(first head, end head, Δt)``, in head order."""
-    runs: list[list[int]] = []
-    for h, off in enumerate(offsets):
-        if off and runs and runs[-1][2] == off and runs[-1][1] == h:
-            runs[-1][1] = h + 1
-        elif off:
-            runs.append([h, h + 1, off])
-    return tuple(tuple(r) for r in runs)
+def packed_rows(offsets: Sequence[int], num_frames: int, tokens: int, boundary: str = "self",
+                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices of ``shift_packed_`` into one video's packed Q/K/V viewed as (T*N*3*heads, head_dim) rows:
+    ``src`` and ``dst`` (K and V rows of the temporal heads that read another frame, and where they go) and
+    ``zero`` (rows past the clip's ends under the 'zero' boundary; empty under 'self', which keeps them)."""
+    heads = len(offsets)
+    src, valid = source_frames(offsets, num_frames, boundary, device)  # (T, heads)
+    t = torch.arange(num_frames, device=device)[:, None, None, None]
+    n = torch.arange(tokens, device=device)[None, :, None, None]
+    c = torch.arange(1, 3, device=device)[None, None, :, None]  # K and V
+    h = torch.arange(heads, device=device)[None, None, None, :]
 
+    def row(frame):
+        return ((frame * tokens + n) * 3 + c) * heads + h
 
-def packed_tables(offsets: Sequence[int], num_frames: int, boundary: str = "self",
-                  device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """Index tables of ``shift_packed_``: ``runs`` (one row per run of ``head_runs``: the frame each frame
-    reads), ``span`` (the same for every head from the first temporal head to the last, shaped to gather
-    along the frame axis of (B, T, N, 2, heads, D)) and ``span_valid`` (where that frame is inside the clip)."""
-    runs = head_runs(tuple(offsets))
-    src, valid = source_frames(offsets, num_frames, boundary, device)
-    first, end = (runs[0][0], runs[-1][1]) if runs else (0, 0)
-    shape = (1, num_frames, 1, 1, end - first, 1)
-    return {"runs": src[:, [r[0] for r in runs]].T.contiguous(), "span": src[:, first:end].reshape(shape),
-            "span_valid": valid[:, first:end].reshape(shape)}
+    moved = (src[:, None, None, :] != t).expand(num_frames, tokens, 2, heads)
+    past = (~valid[:, None, None, :]).expand(num_frames, tokens, 2, heads)
+    dst = row(t).expand_as(moved)
+    return row(src[:, None, None, :])[moved], dst[moved], dst[past] if boundary == "zero" else dst[:0].flatten()
 
 
 def shift_packed_(qkv: torch.Tensor, offsets: Sequence[int], num_frames: int, boundary: str = "self",
-                  tables: Sequence[torch.Tensor] | None = None, one_gather: bool | None = None) -> None:
+                  rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """``shift_heads`` for K and V at once, in place on the packed projection output.
 
-    ``qkv`` is (B*T, N, 3, heads, head_dim), frame-major within each video. Frame t of a temporal head
-    takes the K and V of frame t + Δt; frames whose t + Δt leaves the clip keep their own values ('self')
-    or become zeros ('zero'). Spatial heads outside the temporal span and Q are never touched, so the
-    attention then reads plain strided views of ``qkv``, as the image model's does: the cost is one copy
-    of the temporal heads' K/V, not a gather of every head.
-
-    Two ways, the same result: ``one_gather`` (default on CUDA, where every kernel launch shows at batch 1)
-    gathers the span of temporal heads in one kernel and copies it back; otherwise (CPU, where CPU gather
-    is slow) one ``index_select`` per run of heads with one Δt (``head_runs``), copied back.
-    ``tables``: ``packed_tables(...).values()`` computed beforehand (STDHA keeps them as buffers).
+    ``qkv`` is the contiguous (B*T, N, 3, heads, head_dim) output of the Q/K/V projection, frame-major within
+    each video. Frame t of a temporal head takes the K and V of frame t + Δt; frames whose t + Δt leaves the
+    clip keep their own values ('self') or become zeros ('zero'). Seen as (B, T*N*3*heads, head_dim) rows,
+    that is one ``index_select`` of the rows that move and one ``index_copy_`` back (``packed_rows``), for
+    every temporal head at once, on CPU and GPU alike: two calls, since at batch 1 a small model's time is
+    mostly calls. Q and the spatial heads are never touched, so the attention then reads plain strided
+    views of ``qkv``, as the image model's does.
     """
     bt, n, three, h, d = qkv.shape
     if bt % num_frames:
         raise ValueError(f"batch of {bt} frames is not a multiple of num_frames={num_frames}")
-    runs = head_runs(tuple(offsets))
-    if not runs:
-        return
-    by_run, span_src, span_valid = tables if tables is not None else \
-        packed_tables(offsets, num_frames, boundary, qkv.device).values()
-    kv = qkv.view(bt // num_frames, num_frames, n, three, h, d).narrow(3, 1, 2)  # K and V
-    if one_gather if one_gather is not None else qkv.is_cuda:
-        span = kv.narrow(4, runs[0][0], runs[-1][1] - runs[0][0])
-        out = torch.gather(span, 1, span_src.expand(span.shape))
-        span.copy_(out * span_valid if boundary == "zero" else out)
-        return
-    for i, (first, end, off) in enumerate(runs):
-        part = kv.narrow(4, first, end - first)
-        part.copy_(part.index_select(1, by_run[i]))
-        if boundary == "zero":
-            part.narrow(1, num_frames - off if off > 0 else 0, abs(off)).zero_()
+    if not qkv.is_contiguous():
+        raise ValueError("shift_packed_ works in place on the contiguous projection output")
+    src, dst, zero = rows if rows is not None else packed_rows(offsets, num_frames, n, boundary, qkv.device)
+    x = qkv.view(bt // num_frames, num_frames * n * three * h, d)
+    x.index_copy_(1, dst, x.index_select(1, src))
+    if zero.numel():
+        x.index_fill_(1, zero, 0)
 
 
 @TEMPORAL.register("stdha")
@@ -248,8 +231,7 @@ class STDHA(TemporalOperator):
         src, valid = source_frames(self.offsets, self.num_frames, boundary)
         self.register_buffer("src", src, persistent=False)
         self.register_buffer("valid", valid, persistent=False)
-        for name, table in packed_tables(self.offsets, self.num_frames, boundary).items():
-            self.register_buffer(f"packed_{name}", table, persistent=False)
+        self._rows: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def check_spec(cls, spec: Mapping[str, Any], *, num_heads: int | Sequence[int], num_layers: int, num_frames: int,
@@ -314,8 +296,19 @@ class STDHA(TemporalOperator):
 
     def qkv_(self, qkv: torch.Tensor) -> None:
         """``qkv`` in place on the packed (B*T, N, 3, heads, head_dim) projection output (``shift_packed_``)."""
-        shift_packed_(qkv, self.offsets, self.num_frames, self.boundary,
-                      (self.packed_runs, self.packed_span, self.packed_span_valid))
+        if not any(self.offsets):
+            return
+        key = (qkv.shape[1], qkv.device)
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = self._rows[key] = self._packed_rows(*key)
+        shift_packed_(qkv, self.offsets, self.num_frames, self.boundary, rows)
+
+    @torch.compiler.disable
+    def _packed_rows(self, tokens: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Made once per token count and device, outside any compiled graph (a CUDA graph would reuse them),
+        on the CPU (a boolean mask has no data on the meta device that FLOP counts run on)."""
+        return tuple(t.to(device) for t in packed_rows(self.offsets, self.num_frames, tokens, self.boundary))
 
     forward = qkv
 
