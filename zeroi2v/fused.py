@@ -29,7 +29,6 @@ would be 4× the plain form's saved output and the recompute 4× dearer).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from zeroi2v.adapters import SLOTS, LinearAdapter
 
