@@ -44,7 +44,8 @@ def _like(grad: torch.Tensor, saved) -> list:
 
 
 class FusedBefore(torch.autograd.Function):
-    """``P(A(x))`` for an adapter feeding a frozen projection (see the module docstring)."""
+    """``P(A(x))`` for an adapter feeding a frozen projection (see the module docstring); x (..., in) gives
+    (tokens, out), 2-D, so that the block's views of it are made outside the Function (``fused_linear``)."""
 
     @staticmethod
     def forward(ctx, x, w_p, b_p, w_d, b_d, w_u, b_u, scale: float):
@@ -70,7 +71,7 @@ class FusedBefore(torch.autograd.Function):
 
 
 class FusedAfter(torch.autograd.Function):
-    """``A(P(x))`` for an adapter reading a frozen projection (see the module docstring)."""
+    """``A(P(x))`` for an adapter reading a frozen projection (see the module docstring); (tokens, out) as above."""
 
     @staticmethod
     def _effective(w_p, b_p, w_d, b_d, w_u, b_u, scale):
