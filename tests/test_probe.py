@@ -13,7 +13,7 @@ from zeroi2v.data.synthetic import make_synthetic_videos
 from zeroi2v.data.views import make_sampler
 from zeroi2v.probe import train_feature_probe
 from zeroi2v.quickstart import QuickstartSettings, _run_config
-from zeroi2v.run_folder import load_checkpoint
+from zeroi2v.run_folder import load_checkpoint, load_run
 from zeroi2v.train import train
 
 CLASSES = ["move_left", "move_right", "still"]
@@ -57,6 +57,11 @@ def test_the_feature_probe_trains_the_head_train_trains_through_the_model(videos
     ta, tb = (json.loads((tmp_path / r / "results" / "test.json").read_text()) for r in ("through", "cached"))
     assert tb["top1"] == ta["top1"] and tb["confusion"] == ta["confusion"]
     assert [h["loss"] for h in probe["history"]] == pytest.approx([h["loss"] for h in out["history"]], abs=1e-5)
+    # the probe's run folder loads as a whole video model, the same as the run trained through the model
+    clip = _set(videos, through, "test", False)[0]["video"]  # (views, C, T, H, W): one view per row
+    with torch.no_grad():
+        torch.testing.assert_close(load_run(tmp_path / "cached")(clip), load_run(tmp_path / "through")(clip),
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_the_feature_probe_keeps_every_test_view(videos, tmp_path):

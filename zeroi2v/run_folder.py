@@ -283,9 +283,21 @@ def load_run(run: str | Path):
         raise ValueError(f"{path} holds a model config this version cannot read ({e})") from e
     if cfg.class_names is None:  # a run from before runs recorded their class names
         cfg.class_names = _annotation_names(ckpt.get("config"), cfg.num_classes)
+    state = ckpt["model"]
+    if cfg.finetune == "linear_probe" and state and all(k.startswith("head.") for k in state):
+        # a probe trained on cached features (zeroi2v.probe) saves its head; the backbone is the config's own,
+        # built as the probe built it (after seeding with the run's seed: a backbone without weights is random)
+        from zeroi2v.model import create_model
+        seed = (ckpt.get("config") or {}).get("train", {}).get("seed", 0)
+        import torch
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_model(cfg)
+        model.head.load_state_dict({k[len("head."):]: v for k, v in state.items()})
+        return model.eval()
     model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: its weights do not fit its model config "
                          f"({' '.join(str(e).split())[:300]})") from e
