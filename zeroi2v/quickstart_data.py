@@ -40,7 +40,7 @@ def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: 
 
 def start_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]):
     """Stage 1 in a forked process, one thread (the pre-training is the same as in this process); None when
-    the image model is cached or the platform cannot fork (then ``_finish_image_model`` trains it here)."""
+    the image model is cached or the platform cannot fork (then ``finish_image_model`` trains it here)."""
     key_file = image_dir / "pretrain.json"
     if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
         return None
@@ -79,8 +79,6 @@ def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callab
                                     size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)),
                                     workers=workers)
     done.write_text(json.dumps({**summary, "key": key}, indent=1))
-
-
 
 
 def _image_key(s: QuickstartSettings, seed: int) -> dict:
