@@ -135,3 +135,16 @@ def test_export_has_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["export", "--help"])
     assert e.value.code == 0 and "usage: zeroi2v export" in capsys.readouterr().out
+
+
+def test_spatial_only_is_the_plain_vit_through_the_block_code(merged):
+    """``spatial_only`` (the reference that isolates STDHA's cost in ``onnx_latency``) computes the plain ViT."""
+    from zeroi2v.bench import PlainViT
+    from zeroi2v.export import spatial_only
+    model = load_merged(merged)
+    spatial = spatial_only(model)
+    assert all(not any(blk.temporal.offsets) for blk in spatial.blocks) and any(model.blocks[0].temporal.offsets)
+    clip = example_clip(model, 2, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(spatial(clip), PlainViT(model)(clip), rtol=1e-5, atol=1e-5)
+        assert (spatial(clip) - model(clip)).abs().max() > 1e-4  # STDHA and the temporal embedding matter

@@ -142,7 +142,6 @@ class LinearAdapter(Adapter):
     def check_spec(cls, spec: Mapping[str, Any]) -> dict:
         return check_bottleneck(super().check_spec(spec))
 
-
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, in_dim: int, out_dim: int, slot: str) -> "LinearAdapter":
         dim = in_dim if SLOTS[slot].side == "before" else out_dim

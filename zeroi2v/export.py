@@ -140,9 +140,11 @@ def spatial_only(merged: "nn.Module") -> "nn.Module":
     """The merged model's own graph with STDHA's offsets all 0 and no temporal embedding: the plain ViT
     through ZeroI2V's block code, so that merged / spatial isolates the cost of STDHA's Gather."""
     import copy
+
+    from zeroi2v.stdha import STDHA
     model = copy.deepcopy(merged)
-    for blk in model.blocks:
-        blk.temporal.offsets = (0,) * len(blk.temporal.offsets)
+    for blk in model.blocks:  # a new operator, so its index tables fit its offsets
+        blk.temporal = STDHA((0,) * blk.num_heads, merged.num_frames)
     model.temporal_embedding = None
     return model.eval()
 
