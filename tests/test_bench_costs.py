@@ -17,8 +17,8 @@ from zeroi2v.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("flag, mode", [(["--compile"], "default"), (["--compile", "reduce-overhead"], "reduce-overhead"),
-                                        ([], None)])
+@pytest.mark.parametrize("flag, mode", [(["--compile"], "default"),
+                                        (["--compile", "reduce-overhead"], "reduce-overhead"), ([], None)])
 def test_bench_compile_times_every_model_through_torch_compile(monkeypatch, tmp_path, flag, mode):
     seen = []
 
@@ -61,7 +61,8 @@ def test_train_cost_measures_each_variant_against_full_finetuning(tmp_path):
 
 
 def test_train_cost_failed_variant_is_a_row_and_exit_1(tmp_path):
-    p = _train_cost(tmp_path, "--backbone", "no-such-model", "--variants", "zeroi2v", "--json", str(tmp_path / "r.json"))
+    p = _train_cost(tmp_path, "--backbone", "no-such-model", "--variants", "zeroi2v",
+                    "--json", str(tmp_path / "r.json"))
     assert p.returncode == 1
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert row["variant"] == "zeroi2v" and "no-such-model" in row["error"]

@@ -66,7 +66,9 @@ class QuickstartSettings:
     heads are only 16 wide, half measured better: top-1 0.87 against 0.77-0.79 with {1·1, -1·1} (6 epochs,
     the 11-class set with colour_flicker), and on these classes 0.93-0.94 after 6 epochs."""
     epochs: int = 7
-    """0.93-0.94 after 6 epochs and 0.96 after 8 in one-process trials; 7 keeps a margin over 0.90."""
+    """0.93-0.94 after 6 epochs and 0.96 after 8 in one-process trials; 7 keeps a margin over 0.90. Shorter
+    schedules (ZeroI2V alone, same data): 3 epochs give 0.79 at batch 16, 0.83 at 8, 0.86 at 4 (relation 0.57-0.72);
+    4-frame videos learn the order classes sooner but stall on still/slow/fast/jitter (relation 0.57-0.63)."""
     probe_epochs: int = 3
     """Epochs of the linear probe, on the frozen model's features computed once (``zeroi2v.probe``): no flips."""
     batch_size: int = 16
