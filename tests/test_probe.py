@@ -80,3 +80,15 @@ def test_the_feature_probe_refuses_a_model_that_trains_more_than_its_head(videos
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, finetune="adapters"))
     with pytest.raises(ValueError, match="linear_probe"):
         train_feature_probe(cfg, _set(videos, cfg, "train", False), _set(videos, cfg, "test", False))
+
+
+def test_a_probe_head_that_does_not_fit_is_a_one_line_error(videos, tmp_path):
+    from zeroi2v.run_folder import save_checkpoint
+    cfg = _cfg(tmp_path / "probe")
+    train_feature_probe(cfg, _set(videos, cfg, "train", False), _set(videos, cfg, "test", False))
+    path = tmp_path / "probe" / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    ckpt["model"]["head.weight"] = ckpt["model"]["head.weight"][:, :-1]  # a head for another feature width
+    save_checkpoint(path, ckpt)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: its weights do not fit its model config"):
+        load_run(tmp_path / "probe")

@@ -270,7 +270,9 @@ def load_run(run: str | Path):
     hub that is out of reach does not matter (checkpoints from before ``backbone_cfg`` was recorded look the
     backbone's config up by the name in the run's config). Its ``cfg.class_names`` are the run's (checkpoints
     from before runs recorded them: read again from the run's training annotation when it is still there)."""
-    from zeroi2v.model import ModelConfig, build_from_backbone_cfg
+    import torch
+
+    from zeroi2v.model import ModelConfig, build_from_backbone_cfg, create_model
     run = Path(run)
     path = run / CHECKPOINT
     if not path.is_file():
@@ -287,17 +289,16 @@ def load_run(run: str | Path):
     if cfg.finetune == "linear_probe" and state and all(k.startswith("head.") for k in state):
         # a probe trained on cached features (zeroi2v.probe) saves its head; the backbone is the config's own,
         # built as the probe built it (after seeding with the run's seed: a backbone without weights is random)
-        from zeroi2v.model import create_model
         seed = (ckpt.get("config") or {}).get("train", {}).get("seed", 0)
-        import torch
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = create_model(cfg)
-        model.head.load_state_dict({k[len("head."):]: v for k, v in state.items()})
-        return model.eval()
-    model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
+        target, state = model.head, {k[len("head."):]: v for k, v in state.items()}
+    else:
+        model = build_from_backbone_cfg(cfg, ckpt.get("backbone_cfg") or _old_backbone_cfg(path, cfg))
+        target = model
     try:
-        model.load_state_dict(state)
+        target.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: its weights do not fit its model config "
                          f"({' '.join(str(e).split())[:300]})") from e
