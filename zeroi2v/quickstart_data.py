@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
 def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]) -> None:
     """Stage 1: the small image model, pre-trained on synthetic stills (cached by its settings)."""
-    key_file = image_dir / "pretrain.json"
-    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
+    if _image_model_cached(s, image_dir, seed):
         log(f"[quickstart]   cached: {image_dir}")
         return
     from zeroi2v.pretrain import pretrain_image_model
@@ -35,16 +34,13 @@ def ensure_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: 
     summary = pretrain_image_model(data["images"], {h: data[h] for h in data["heads"]}, image_dir,
                                    backbone=s.backbone, epochs=s.pretrain_epochs, seed=seed, log=log)
     summary["settings"] = _image_key(s, seed)
-    key_file.write_text(json.dumps(summary, indent=2))
+    (image_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
 
 
 def start_image_model(s: QuickstartSettings, out: Path, image_dir: Path, seed: int, log: Callable[[str], None]):
     """Stage 1 in a forked process, one thread (the pre-training is the same as in this process); None when
     the image model is cached or the platform cannot fork (then ``finish_image_model`` trains it here)."""
-    key_file = image_dir / "pretrain.json"
-    if key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed):
-        return None
-    if not (s.parallel and hasattr(os, "fork")):
+    if _image_model_cached(s, image_dir, seed) or not (s.parallel and hasattr(os, "fork")):
         return None
     proc = multiprocessing.get_context("fork").Process(target=_image_model_child, args=(s, out, image_dir, seed, log),
                                                        name="pretrain-image-model")
@@ -79,6 +75,12 @@ def ensure_videos(s: QuickstartSettings, video_dir: Path, seed: int, log: Callab
                                     size=s.size, videos_per_class=dict(zip(("train", "test"), s.videos_per_class)),
                                     workers=workers)
     done.write_text(json.dumps({**summary, "key": key}, indent=1))
+
+
+def _image_model_cached(s: QuickstartSettings, image_dir: Path, seed: int) -> bool:
+    """Whether ``image_dir`` holds the image model of these settings (its ``pretrain.json`` says so)."""
+    key_file = image_dir / "pretrain.json"
+    return key_file.is_file() and json.loads(key_file.read_text()).get("settings") == _image_key(s, seed)
 
 
 def _image_key(s: QuickstartSettings, seed: int) -> dict:
