@@ -251,3 +251,18 @@ print(f"onnxruntime latency: merged / plain = {onnx['merged_over_plain']:.3f}, "
 #
 # Each suite run writes `bench.json`, `bench.md` and `bubble.png` to its `--out`. `--check` exits 1 when
 # merged / plain exceeds 1.02, for a CI job on your own hardware.
+#
+# ## Training cost and compiled inference
+#
+# `benchmarks/train_cost.py` times a training step and its peak memory for ZeroI2V against full fine-tuning
+# at the same batch, each variant in its own process: the plain adapters, `model.fused_adapters: true`
+# (each linear adapter applied through its frozen projection's merged weight, with a backward that computes
+# only the adapter gradients), gradient checkpointing and bf16. `zeroi2v bench --compile [MODE]` times the
+# plain ViT and both ZeroI2V models through `torch.compile` (`reduce-overhead`: CUDA graphs).
+#
+# ```bash
+# python benchmarks/train_cost.py --backbone ViT-B-16 --frames 8 --batch 1 --steps 2 \
+#     --variants full,zeroi2v,zeroi2v_fused,zeroi2v_ckpt
+# python benchmarks/train_cost.py --device cuda --backbone ViT-B-16 --batch 8   # paper Table 10's setting
+# zeroi2v bench --backbone ViT-B-16 --device cuda --compile reduce-overhead --repeats 100
+# ```
